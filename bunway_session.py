@@ -1,0 +1,1887 @@
+"""bunway_session: express-session for any WSGI application, in one stdlib-only file.
+
+Wrap an application and every request gets a server-side session, identified by a
+signed cookie and kept in a store (memory, files or Redis)::
+
+    from bunway_session import SessionMiddleware, get_session
+
+    def app(environ, start_response):
+        session = get_session(environ)
+        session["views"] = session.get("views", 0) + 1
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"views: {session['views']}".encode()]
+
+    app = SessionMiddleware(app, secret="a long random string")
+
+Options, defaults, lifecycle rules and wire formats are express-session's, so a Node
+service and a Python service sharing a secret and a store share their users' sessions.
+``python bunway_session.py`` serves a small demo on 127.0.0.1:8000.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import email.utils
+import errno
+import hashlib
+import heapq
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import secrets as _secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import quote, unquote
+
+if TYPE_CHECKING:  # for annotations only: these need Python 3.10 / 3.11 at run time
+    from typing import Self, TypeAlias
+
+try:  # POSIX: cross-process locks for FileStore; elsewhere they hold within one process
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "FileStore",
+    "MemoryStore",
+    "RedisStore",
+    "Session",
+    "SessionCookie",
+    "SessionMiddleware",
+    "SessionStore",
+    "get_session",
+    "sign",
+    "unsign",
+]
+
+__version__ = "1.0.0"
+
+log = logging.getLogger("bunway_session")
+
+if TYPE_CHECKING:  # aliases for annotations only, so they may use 3.10+ syntax
+    Secret: TypeAlias = str | bytes
+    Document: TypeAlias = dict[str, Any]
+    Clock: TypeAlias = Callable[[], float]
+    WSGIEnviron: TypeAlias = dict[str, Any]
+    StartResponse: TypeAlias = Callable[..., Callable[[bytes], object]]
+    WSGIApp: TypeAlias = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
+
+ENVIRON_KEY = "bunway.session"
+DAY_MS = 86_400_000
+
+
+# ---------------------------------------------------------------------------
+# Wire format: signing, cookies, timestamps, JSON (byte-compatible with Node)
+# ---------------------------------------------------------------------------
+
+def _secret_bytes(secret: Secret) -> bytes:
+    return secret.encode("utf-8") if isinstance(secret, str) else secret
+
+
+def _signature(value: str, key: bytes) -> str:
+    mac = hmac.new(key, value.encode("utf-8"), hashlib.sha256).digest()
+    return base64.b64encode(mac).decode("ascii").rstrip("=")
+
+
+def sign(value: str, secret: Secret) -> str:
+    """Sign `value` as the npm package cookie-signature does: value.base64(HMAC-SHA256)."""
+    return value + "." + _signature(value, _secret_bytes(secret))
+
+
+def unsign(signed: str, secret: Secret | Sequence[Secret]) -> str | None:
+    """Return the value signed into `signed` if any of the secrets verifies it, else None.
+
+    The value is everything before the last ".", and the comparison is constant-time.
+    """
+    dot = signed.rfind(".")
+    if dot < 0:
+        return None
+    value = signed[:dot]
+    given = signed.encode("utf-8", "replace")
+    keys = [secret] if isinstance(secret, (str, bytes)) else secret
+    for key in keys:
+        expected = (value + "." + _signature(value, _secret_bytes(key))).encode("utf-8")
+        if hmac.compare_digest(expected, given):
+            return value
+    return None
+
+
+def _cookie_pairs(header: str) -> Iterator[tuple[str, str]]:
+    """Yield (name, raw value) pairs of a Cookie header, tolerating anything a client sends.
+
+    SimpleCookie.load stops at the first cookie it dislikes; browsers and express's
+    `cookie` package do not, so neither do we: split on ";", the name ends at the first
+    "=", pairs without one are skipped, and one pair of surrounding quotes is removed.
+    """
+    for part in header.split(";"):
+        eq = part.find("=")
+        if eq < 0:
+            continue
+        name = part[:eq].strip()
+        if not name:
+            continue
+        value = part[eq + 1:].strip()
+        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+            value = value[1:-1]
+        yield name, value
+
+
+def _decode_cookie_value(value: str) -> str:
+    """decodeURIComponent, falling back to the raw value when it is not valid UTF-8."""
+    if "%" not in value:
+        return value
+    try:
+        return unquote(value, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        return value
+
+
+def parse_cookie_header(header: str) -> dict[str, str]:
+    """All cookies of a Cookie header, decoded; the first occurrence of a name wins."""
+    cookies: dict[str, str] = {}
+    for name, value in _cookie_pairs(header):
+        if name not in cookies:
+            cookies[name] = _decode_cookie_value(value)
+    return cookies
+
+
+def _find_cookie(header: str, name: str) -> str | None:
+    """The first cookie called `name`, decoded; the others are not decoded at all."""
+    for found, value in _cookie_pairs(header):
+        if found == name:
+            return _decode_cookie_value(value)
+    return None
+
+
+def _encode_uri_component(value: str) -> str:
+    return quote(value, safe="!'()*-._~")
+
+
+def _http_date(ms: int) -> str:
+    """RFC 1123 date as JavaScript's Date.prototype.toUTCString writes it."""
+    return email.utils.formatdate(ms // 1000, usegmt=True)
+
+
+def _iso_ms(ms: int) -> str:
+    """JavaScript's Date.prototype.toISOString: 2026-11-27T20:05:56.662Z."""
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+_UTC = timezone(timedelta(0))  # datetime.UTC is Python 3.11+
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def _parse_iso_ms(text: str) -> int:
+    """Epoch milliseconds of an ISO 8601 timestamp (what toISOString writes); ValueError if not one."""
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_UTC)
+    return (moment - _EPOCH) // _ONE_MS
+
+
+def _datetime_ms(moment: datetime) -> int:
+    return (moment - _EPOCH) // _ONE_MS
+
+
+def _now_ms(now: Clock) -> int:
+    return int(now() * 1000)
+
+
+# JSON exactly as JSON.stringify writes it: no spaces, no ASCII escaping. NaN and
+# Infinity are refused because JavaScript would not read them back.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_dumps = _ENCODER.encode
+
+
+def _loads_document(text: str | bytes) -> Document | None:
+    """A stored document parsed from JSON text, or None when it is not a JSON object."""
+    try:
+        document = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _document_expires_ms(document: Mapping[str, Any]) -> int | None:
+    """cookie.expires of a stored document as epoch ms; None when it has none.
+
+    Raises ValueError when the field is there but is not a timestamp.
+    """
+    cookie = document.get("cookie")
+    if not isinstance(cookie, dict):
+        return None
+    expires = cookie.get("expires")
+    if expires is None:
+        return None
+    if isinstance(expires, str):
+        return _parse_iso_ms(expires)
+    raise ValueError(f"cookie.expires is not a timestamp: {expires!r}")
+
+
+def _remaining_ms(document: Mapping[str, Any], now_ms: int) -> int | None:
+    expires = _document_expires_ms(document)
+    return None if expires is None else expires - now_ms
+
+
+# ---------------------------------------------------------------------------
+# The session: SessionCookie and Session
+# ---------------------------------------------------------------------------
+
+_SAME_SITE_VALUES = ("strict", "lax", "none")
+_PRIORITY_VALUES = ("low", "medium", "high")
+
+
+def _millis(value: Any, option: str) -> int | None:
+    """A duration option (int/float milliseconds or a timedelta) as whole milliseconds."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value // _ONE_MS
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{option} must be milliseconds (an int) or a datetime.timedelta, "
+                        f"not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{option} must be a finite number of milliseconds, not {value!r}")
+    return int(value)
+
+
+class SessionCookie:
+    """The session cookie's attributes and expiry, stored with the session as express-session does."""
+
+    __slots__ = (
+        "_expires_ms",
+        "_now",
+        "domain",
+        "http_only",
+        "original_max_age",
+        "partitioned",
+        "path",
+        "priority",
+        "same_site",
+        "secure",
+    )
+
+    def __init__(self, *, original_max_age: int | None = None, expires_ms: int | None = None,
+                 secure: bool = False, http_only: bool = True, path: str = "/",
+                 domain: str | None = None, same_site: str | None = "lax",
+                 partitioned: bool = False, priority: str | None = None,
+                 now: Clock = time.time) -> None:
+        self.original_max_age = original_max_age
+        self._expires_ms = expires_ms
+        self.secure = secure
+        self.http_only = http_only
+        self.path = path
+        self.domain = domain
+        self.same_site = same_site
+        self.partitioned = partitioned
+        self.priority = priority
+        self._now = now
+
+    @property
+    def expires(self) -> datetime | None:
+        """When the cookie expires (an aware UTC datetime), or None for a browser-session cookie."""
+        if self._expires_ms is None:
+            return None
+        return _EPOCH + timedelta(milliseconds=self._expires_ms)
+
+    @expires.setter
+    def expires(self, moment: datetime | None) -> None:
+        if moment is None:
+            self._expires_ms = None
+            self.original_max_age = None
+            return
+        if not isinstance(moment, datetime) or moment.tzinfo is None:
+            raise TypeError("cookie.expires must be a timezone-aware datetime "
+                            "(e.g. datetime.now(timezone.utc) + timedelta(days=30)) or None")
+        self._expires_ms = _datetime_ms(moment)
+        # express-session: setting expires also sets originalMaxAge to what remains.
+        self.original_max_age = self._expires_ms - _now_ms(self._now)
+
+    @property
+    def max_age(self) -> int | None:
+        """Milliseconds until the cookie expires, or None for a browser-session cookie."""
+        if self._expires_ms is None:
+            return None
+        return self._expires_ms - _now_ms(self._now)
+
+    @max_age.setter
+    def max_age(self, value: float | timedelta | None) -> None:
+        ms = _millis(value, "cookie.max_age")
+        self.original_max_age = ms
+        self._expires_ms = None if ms is None else _now_ms(self._now) + ms
+
+    def reset_expiry(self) -> None:
+        """express-session's touch: expires = now + original max age."""
+        if self.original_max_age is None:
+            self._expires_ms = None
+        else:
+            self._expires_ms = _now_ms(self._now) + self.original_max_age
+
+    def to_dict(self) -> Document:
+        """The stored `cookie` object, field for field and in express-session's order."""
+        data: Document = {"originalMaxAge": self.original_max_age}
+        if self.partitioned:
+            data["partitioned"] = True
+        if self.priority is not None:
+            data["priority"] = self.priority
+        data["expires"] = None if self._expires_ms is None else _iso_ms(self._expires_ms)
+        data["secure"] = self.secure
+        data["httpOnly"] = self.http_only
+        if self.domain is not None:
+            data["domain"] = self.domain
+        data["path"] = self.path
+        if self.same_site is not None:
+            data["sameSite"] = self.same_site
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], now: Clock = time.time) -> SessionCookie:
+        """Read a stored cookie object, written by us or by Node; missing fields take their
+        absent meaning. Raises ValueError when `expires` is not a timestamp."""
+        expires_ms = _document_expires_ms({"cookie": data})
+        original = data.get("originalMaxAge")
+        if isinstance(original, bool) or not isinstance(original, (int, float)):
+            original = None
+        same_site = data.get("sameSite")
+        if same_site is True:  # the `cookie` package reads true as Strict
+            same_site = "strict"
+        same_site = same_site.lower() if isinstance(same_site, str) else None
+        priority = data.get("priority")
+        priority = priority.lower() if isinstance(priority, str) else None
+        path = data.get("path")
+        domain = data.get("domain")
+        return cls(
+            original_max_age=None if original is None else int(original),
+            expires_ms=expires_ms,
+            secure=data.get("secure") is True,
+            http_only=data.get("httpOnly") is True,
+            path=path if isinstance(path, str) and path else "/",
+            domain=domain if isinstance(domain, str) and domain else None,
+            same_site=same_site if same_site in _SAME_SITE_VALUES else None,
+            partitioned=data.get("partitioned") is True,
+            priority=priority if priority in _PRIORITY_VALUES else None,
+            now=now,
+        )
+
+    def __repr__(self) -> str:
+        return f"SessionCookie({self.to_dict()!r})"
+
+
+_DESTROYED_MESSAGE = ("this session was destroyed; call session.regenerate() to start a new one "
+                      "before writing to it")
+
+
+class Session(dict[str, Any]):
+    """One request's session: a dict of JSON-serializable data plus `id`, `cookie`, `is_new`.
+
+    Created by SessionMiddleware; reach it with get_session(environ).
+    """
+
+    __slots__ = ("_destroyed", "_lifecycle", "cookie", "id", "is_new")
+
+    def __init__(self, data: Mapping[str, Any], sid: str, cookie: SessionCookie, is_new: bool,
+                 lifecycle: _Lifecycle) -> None:
+        super().__init__(data)
+        self.id = sid
+        self.cookie = cookie
+        self.is_new = is_new
+        self._lifecycle = lifecycle
+        self._destroyed = False
+
+    # Writes check for a destroyed session and for the reserved key "cookie".
+    def _check_writable(self, key: Any = None) -> None:
+        if self._destroyed:
+            raise RuntimeError(_DESTROYED_MESSAGE)
+        if key == "cookie":
+            raise KeyError("'cookie' is reserved: use session.cookie for the cookie's settings")
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"session keys must be str (JSON object keys), not {type(key).__name__}")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._check_writable(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._check_writable()
+        super().__delitem__(key)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __ior__(self, other: Any) -> Self:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._check_writable()
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._check_writable()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._check_writable()
+        super().clear()
+
+    # The session methods of express-session.
+    def regenerate(self) -> None:
+        """Destroy this session in the store and continue with a new ID, no data and a new
+        cookie. Call it at login, so an ID planted before login is worthless after it."""
+        self._lifecycle.regenerate()
+
+    def destroy(self) -> None:
+        """Delete the session from the store; the response expires the cookie."""
+        self._lifecycle.destroy()
+
+    def reload(self) -> None:
+        """Replace the data (and cookie) with the store's copy; LookupError if it is gone."""
+        self._check_writable()
+        self._lifecycle.reload()
+
+    def save(self) -> None:
+        """Write the session to the store now (the end of the request then saves only new changes)."""
+        self._check_writable()
+        self._lifecycle.save()
+
+    def touch(self) -> None:
+        """Reset the cookie's expiry to now + its original max age."""
+        self._check_writable()
+        self.cookie.reset_expiry()
+
+    def flash(self, type: str | None = None, message: str | list[str] | None = None) -> Any:
+        """connect-flash's req.flash, kept under the data key "flash" as a dict of lists.
+
+        flash(type, message) appends (a str or a list of str) and returns that type's count;
+        flash(type) returns and removes that type's messages; flash() returns and removes all.
+        """
+        store = self.get("flash")
+        if not isinstance(store, dict):
+            store = {}
+        if type is not None and message is not None:
+            messages = [message] if isinstance(message, str) else message
+            if not isinstance(messages, list) or not all(isinstance(m, str) for m in messages):
+                raise TypeError("flash message must be a str or a list of str")
+            self._check_writable()
+            queue = store.get(type)
+            queue = queue if isinstance(queue, list) else []
+            queue.extend(messages)
+            store[type] = queue
+            self["flash"] = store
+            return len(queue)
+        if type is None:
+            if "flash" in self:
+                del self["flash"]
+            return {name: list(queue) for name, queue in store.items() if isinstance(queue, list)}
+        if type not in store:
+            return []
+        queue = store.pop(type)
+        if store:
+            self["flash"] = store
+        else:
+            del self["flash"]
+        return list(queue) if isinstance(queue, list) else []
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, data={dict(self)!r})"
+
+
+def _encode_data(session: Mapping[str, Any]) -> str:
+    """The session data as JSON; a value that is not serializable is named in the error."""
+    try:
+        return _dumps(session)
+    except (TypeError, ValueError) as exc:
+        for key, value in session.items():
+            try:
+                _dumps(value)
+            except (TypeError, ValueError) as inner:
+                raise TypeError(f"session[{key!r}] cannot be stored: {inner}; session values "
+                                "must be JSON-serializable (str, int, float, bool, None, "
+                                "list, dict)") from None
+        raise TypeError(f"session data cannot be stored as JSON: {exc}") from None
+
+
+def _document(cookie: SessionCookie, data: Mapping[str, Any]) -> Document:
+    """The stored document: the `cookie` object first, then the data, as express-session writes it."""
+    document: Document = {"cookie": cookie.to_dict()}
+    document.update(data)
+    return document
+
+
+# ---------------------------------------------------------------------------
+# Stores: the protocol, expiry shared by all, MemoryStore, FileStore, RedisStore
+# ---------------------------------------------------------------------------
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """What SessionMiddleware needs from a store. Documents are the stored JSON objects:
+    the session data plus its `cookie` object.
+
+    Optional methods a store may add, used when present:
+
+    - ``touch(sid, session) -> bool | None``: extend the session's expiry without writing
+      its data; False when the session no longer exists.
+    - ``update(sid, changes, deleted, cookie, max_age) -> bool``: apply `changes` (top-level
+      keys set) and `deleted` (keys removed) and the new `cookie` object onto the stored copy,
+      atomically; return False, writing nothing, when the session no longer exists.
+    - ``all() -> dict[str, dict]``, ``length() -> int``, ``clear() -> None``.
+    """
+
+    def get(self, sid: str) -> Document | None:
+        """The stored document, or None when the ID is unknown or the session expired."""
+
+    def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
+        """Store the whole document; `max_age` is its remaining lifetime in ms (None: no expiry)."""
+
+    def destroy(self, sid: str) -> None:
+        """Delete the session; an unknown ID is not an error."""
+
+
+def _lifetime_ms(document: Mapping[str, Any], now_ms: int, ttl: int) -> int:
+    """How long a store keeps a document from now: until cookie.expires, else for `ttl`.
+
+    Raises ValueError when cookie.expires is there but is not a timestamp.
+    """
+    remaining = _remaining_ms(document, now_ms)
+    return ttl if remaining is None else remaining
+
+
+def _check_ttl(ttl: Any) -> int:
+    ms = _millis(ttl, "ttl")
+    if ms is None or ms <= 0:
+        raise ValueError(f"ttl must be a positive number of milliseconds, not {ttl!r}")
+    return ms
+
+
+def _apply_changes(document: Document, changes: Mapping[str, Any], deleted: Iterable[str],
+                   cookie: Document) -> None:
+    """A concurrent-safe save: only the keys this request set or deleted, onto the current copy."""
+    document["cookie"] = cookie
+    document.update(changes)
+    for key in deleted:
+        document.pop(key, None)
+
+
+_MAX_COOKIE_SHAPES = 64
+
+
+class MemoryStore:
+    """Sessions in this process's memory, kept as JSON text. For development and
+    single-process servers: sessions are lost on restart and not shared between processes.
+
+    `ttl` (ms) is how long a session whose cookie has no expiry lives after its last save
+    or touch. Expired sessions are pruned a few at a time as new ones are stored.
+    """
+
+    def __init__(self, ttl: int = DAY_MS, now: Clock = time.time) -> None:
+        self.ttl = _check_ttl(ttl)
+        self._now = now
+        self._lock = threading.Lock()
+        # sid -> (data JSON, cookie JSON without expires, cookie expires ms, deadline ms)
+        self._entries: dict[str, tuple[str, str, int | None, int]] = {}
+        self._deadlines: list[tuple[int, str]] = []  # a heap; entries may have moved on
+        # Most sessions share one cookie shape; keep one copy of each (bounded).
+        self._shapes: dict[str, str] = {}
+
+    # Encoding: the cookie's expiry lives beside the JSON, so a touch rewrites no text.
+    def _entry(self, document: Mapping[str, Any], now_ms: int
+               ) -> tuple[str, str, int | None, int]:
+        cookie = dict(document.get("cookie") or {})
+        expires = _document_expires_ms({"cookie": cookie})
+        cookie.pop("expires", None)
+        shape = _dumps(cookie)
+        if len(self._shapes) < _MAX_COOKIE_SHAPES:
+            shape = self._shapes.setdefault(shape, shape)
+        data = _dumps({key: value for key, value in document.items() if key != "cookie"})
+        deadline = now_ms + self.ttl if expires is None else expires
+        return data, self._shapes.get(shape, shape), expires, deadline
+
+    @staticmethod
+    def _decode(entry: tuple[str, str, int | None, int]) -> Document:
+        data, shape, expires, _ = entry
+        cookie = json.loads(shape)
+        cookie["expires"] = None if expires is None else _iso_ms(expires)
+        document: Document = {"cookie": cookie}
+        document.update(json.loads(data))
+        return document
+
+    def _live(self, sid: str, now_ms: int) -> tuple[str, str, int | None, int] | None:
+        entry = self._entries.get(sid)
+        if entry is not None and entry[3] <= now_ms:
+            del self._entries[sid]
+            return None
+        return entry
+
+    def _store(self, sid: str, entry: tuple[str, str, int | None, int], now_ms: int) -> None:
+        if sid not in self._entries:
+            heapq.heappush(self._deadlines, (entry[3], sid))
+            self._prune(now_ms, budget=8)
+        self._entries[sid] = entry
+
+    def _prune(self, now_ms: int, budget: int | None = None) -> None:
+        """Drop sessions whose deadline passed, a bounded number a call: no request pays for all."""
+        while self._deadlines and self._deadlines[0][0] <= now_ms and budget != 0:
+            _, sid = heapq.heappop(self._deadlines)
+            entry = self._entries.get(sid)
+            if entry is None:
+                continue
+            if entry[3] <= now_ms:
+                del self._entries[sid]
+                if budget is not None:
+                    budget -= 1
+            else:  # touched or saved since: wait for its new deadline
+                heapq.heappush(self._deadlines, (entry[3], sid))
+
+    def get(self, sid: str) -> Document | None:
+        with self._lock:
+            entry = self._live(sid, _now_ms(self._now))
+        return None if entry is None else self._decode(entry)
+
+    def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
+        now_ms = _now_ms(self._now)
+        entry = self._entry(session, now_ms)
+        with self._lock:
+            self._store(sid, entry, now_ms)
+
+    def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
+               cookie: Document, max_age: int | None = None) -> bool:
+        now_ms = _now_ms(self._now)
+        with self._lock:
+            entry = self._live(sid, now_ms)
+            if entry is None:
+                return False
+            document = json.loads(entry[0])
+            _apply_changes(document, changes, deleted, cookie)
+            self._store(sid, self._entry(document, now_ms), now_ms)
+            return True
+
+    def touch(self, sid: str, session: Document) -> bool:
+        now_ms = _now_ms(self._now)
+        expires = _document_expires_ms(session)
+        with self._lock:
+            entry = self._live(sid, now_ms)
+            if entry is None:
+                return False
+            deadline = now_ms + self.ttl if expires is None else expires
+            self._entries[sid] = (entry[0], entry[1], expires, deadline)
+            return True
+
+    def destroy(self, sid: str) -> None:
+        with self._lock:
+            self._entries.pop(sid, None)
+
+    def all(self) -> dict[str, Document]:
+        with self._lock:
+            self._prune(_now_ms(self._now))
+            entries = list(self._entries.items())
+        return {sid: self._decode(entry) for sid, entry in entries}
+
+    def length(self) -> int:
+        with self._lock:
+            self._prune(_now_ms(self._now))
+            now_ms = _now_ms(self._now)
+            return sum(1 for entry in self._entries.values() if entry[3] > now_ms)
+
+    @property
+    def size(self) -> int:
+        """The number of live sessions."""
+        return self.length()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._deadlines.clear()
+            self._shapes.clear()
+
+
+# FileStore file names: "<sid>.json"; temporary files ".<sid>.json.<random>.tmp".
+_FILE_SUFFIX = ".json"
+_TEMP_SUFFIX = ".tmp"
+_STALE_TEMP_MS = 600_000       # a writer takes milliseconds; ten minutes means it crashed
+_REAP_BATCH = 16               # directory entries looked at per write while a reap is due
+_MAX_NAME_BYTES = 255
+_UNSAFE_SID = re.compile(r"[\x00-\x1f\x7f/\\:]")
+
+
+def _file_sid_problem(sid: Any) -> str | None:
+    """Why `sid` cannot be a FileStore file name, or None when it can."""
+    if not isinstance(sid, str) or not sid:
+        return "a session ID must be a non-empty str"
+    if _UNSAFE_SID.search(sid) or ".." in sid or sid.startswith("."):
+        return "it contains a path separator, '..', a leading '.', NUL or a control character"
+    try:
+        encoded = sid.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8"
+    # Room for the suffix and for the temporary file's ".<sid>.json.<12 hex>.tmp".
+    if len(encoded) + len(_FILE_SUFFIX) + 18 > _MAX_NAME_BYTES:
+        return f"it is longer than {_MAX_NAME_BYTES - len(_FILE_SUFFIX) - 18} bytes"
+    return None
+
+
+class FileStore:
+    """One JSON file a session, `<path>/<sid>.json`, as the npm package session-file-store
+    writes them, so a Node app using it on the same folder shares the sessions.
+
+    - Writes go to a temporary file in the folder, then os.replace: readers in any thread
+      or process see the old document or the new one, never half of one.
+    - `ttl` (ms) is the lifetime of a session whose cookie has no expiry, counted from its
+      last write (`__lastAccess`).
+    - `fsync=True` flushes every write to disk before the rename (durable across power
+      loss, slower); by default the OS writes it back in its own time.
+    - `touch_after` (ms): a touch that would move the expiry by less than this rewrites
+      nothing. None (default) means 1% of the session's max age (or of `ttl`); 0 rewrites
+      on every touch.
+    - Expired files and temporary files left by a crashed writer are removed a few at a
+      time as sessions are written, once per `reap_interval` (ms), and by reap().
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = "./sessions", ttl: int = DAY_MS, *,
+                 fsync: bool = False, touch_after: int | None = None,
+                 reap_interval: int = 3_600_000, now: Clock = time.time) -> None:
+        self.path = os.fspath(path)
+        self.ttl = _check_ttl(ttl)
+        self.fsync = bool(fsync)
+        if touch_after is not None and (isinstance(touch_after, bool) or not isinstance(touch_after, int)
+                                        or touch_after < 0):
+            raise ValueError(f"touch_after must be None or milliseconds >= 0, not {touch_after!r}")
+        self.touch_after = touch_after
+        self.reap_interval = _check_ttl(reap_interval)
+        self._now = now
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        # Where flock exists it serialises writers across threads and processes; elsewhere
+        # this lock does, within the process.
+        self._thread_lock: Any = _NoLock() if fcntl is not None else threading.RLock()
+        self._reap_lock = threading.Lock()
+        self._reap_entries: Iterator[os.DirEntry[str]] | None = None
+        self._reap_pid = 0
+        self._reap_due = 0
+
+    # -- files ---------------------------------------------------------------
+
+    def _file(self, sid: str) -> str:
+        return os.path.join(self.path, sid + _FILE_SUFFIX)
+
+    def _checked_file(self, sid: str) -> str:
+        problem = _file_sid_problem(sid)
+        if problem:
+            raise ValueError(f"FileStore refuses session ID {sid!r} as a file name: {problem}")
+        return self._file(sid)
+
+    def _write(self, path: str, document: Document, now_ms: int) -> None:
+        """Write atomically: a uniquely named temporary file, then rename over the target."""
+        document["__lastAccess"] = now_ms
+        data = _dumps(document).encode("utf-8")
+        folder, name = os.path.split(path)
+        temp = os.path.join(folder, f".{name}.{_secrets.token_hex(6)}{_TEMP_SUFFIX}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+
+    @staticmethod
+    def _read(path: str) -> Document | None:
+        try:
+            with open(path, "rb") as file:
+                return _loads_document(file.read())
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    @staticmethod
+    def _read_fd(fd: int) -> Document | None:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return _loads_document(b"".join(chunks))
+
+    def _expired(self, document: Document, now_ms: int) -> bool:
+        """cookie.expires decides; a session without one lives `ttl` after its last write.
+        A document that is not a session (no cookie object, a bad date) counts as expired."""
+        if not isinstance(document.get("cookie"), dict):
+            return True
+        try:
+            expires = _document_expires_ms(document)
+        except ValueError:
+            return True
+        if expires is not None:
+            return expires <= now_ms
+        last = document.get("__lastAccess")
+        if isinstance(last, bool) or not isinstance(last, (int, float)):
+            return True
+        return last + self.ttl <= now_ms
+
+    @contextmanager
+    def _locked(self, path: str, wait: bool = True) -> Iterator[int | None]:
+        """Hold an exclusive lock on the session's current file; yields None if there is none
+        (or, with wait=False, if another writer holds it).
+
+        Writers replace the file by rename, so after waiting for the lock we check that the
+        file we locked is still the one at `path`; if not, lock the new one. Every writer
+        of an existing session (update, touch, destroy) goes through here, so a
+        read-modify-write is atomic across threads and processes.
+        """
+        with self._thread_lock:
+            for _ in range(1000):
+                try:
+                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                except (FileNotFoundError, NotADirectoryError):
+                    yield None
+                    return
+                try:
+                    if not _lock_fd(fd, wait):
+                        yield None
+                        return
+                    try:
+                        current = os.stat(path)
+                    except FileNotFoundError:
+                        yield None
+                        return
+                    opened = os.fstat(fd)
+                    if (current.st_ino, current.st_dev) == (opened.st_ino, opened.st_dev):
+                        yield fd
+                        return
+                finally:
+                    os.close(fd)  # closing releases the lock
+        raise OSError(errno.EAGAIN, f"could not lock {path}: it keeps being replaced")
+
+    # -- the store interface -------------------------------------------------
+
+    def get(self, sid: str) -> Document | None:
+        if _file_sid_problem(sid):
+            return None
+        document = self._read(self._file(sid))
+        # An expired file is not deleted here: another process may be rewriting it right
+        # now. reap() deletes it after checking again under the lock.
+        if document is None or self._expired(document, _now_ms(self._now)):
+            return None
+        document.pop("__lastAccess", None)
+        return document
+
+    def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
+        path = self._checked_file(sid)
+        now_ms = _now_ms(self._now)
+        self._write(path, dict(session), now_ms)
+        self._reap_step(now_ms)
+
+    def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
+               cookie: Document, max_age: int | None = None) -> bool:
+        path = self._checked_file(sid)
+        if not changes and not deleted:
+            return self.touch(sid, {"cookie": cookie})
+        with self._locked(path) as fd:
+            if fd is None:
+                return False
+            document = self._read_fd(fd)
+            now_ms = _now_ms(self._now)
+            if document is None or self._expired(document, now_ms):
+                return False
+            _apply_changes(document, changes, deleted, cookie)
+            self._write(path, document, now_ms)
+        self._reap_step(now_ms)
+        return True
+
+    def _touch_tolerance(self, cookie: Any) -> int:
+        if self.touch_after is not None:
+            return self.touch_after
+        lifetime = cookie.get("originalMaxAge") if isinstance(cookie, dict) else None
+        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
+            lifetime = self.ttl
+        return int(lifetime) // 100
+
+    def touch(self, sid: str, session: Document) -> bool:
+        """Move the session's expiry (cookie and `__lastAccess`) without touching its data.
+
+        The file is rewritten only when its last write is older than the tolerance
+        (`touch_after`): a read-only request then costs a stat, not a write.
+        """
+        if _file_sid_problem(sid):
+            return False
+        path = self._file(sid)
+        now_ms = _now_ms(self._now)
+        try:
+            written_ms = os.stat(path).st_mtime * 1000
+        except FileNotFoundError:
+            return False
+        if now_ms - written_ms < self._touch_tolerance(session.get("cookie")):
+            return True
+        with self._locked(path) as fd:
+            if fd is None:
+                return False
+            document = self._read_fd(fd)
+            if document is None or self._expired(document, now_ms):
+                return False
+            document["cookie"] = session.get("cookie", document.get("cookie"))
+            self._write(path, document, now_ms)
+        self._reap_step(now_ms)
+        return True
+
+    def destroy(self, sid: str) -> None:
+        if _file_sid_problem(sid):
+            return
+        path = self._file(sid)
+        with self._locked(path) as fd:
+            if fd is not None:
+                _unlink_quietly(path)
+
+    # -- listing and cleaning -----------------------------------------------
+
+    def _session_ids(self) -> Iterator[str]:
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                sid = self._sid_of(entry.name)
+                if sid is not None:
+                    yield sid
+
+    @staticmethod
+    def _sid_of(name: str) -> str | None:
+        if not name.endswith(_FILE_SUFFIX):
+            return None
+        sid = name[:-len(_FILE_SUFFIX)]
+        return None if _file_sid_problem(sid) else sid
+
+    def all(self) -> dict[str, Document]:
+        sessions = {}
+        for sid in self._session_ids():
+            document = self.get(sid)
+            if document is not None:
+                sessions[sid] = document
+        return sessions
+
+    def length(self) -> int:
+        return len(self.all())
+
+    def clear(self) -> None:
+        """Delete every session file of this store (and its temporary files); nothing else."""
+        with os.scandir(self.path) as entries:
+            names = [entry.name for entry in entries]
+        for name in names:
+            if self._sid_of(name) is not None or self._is_temp(name):
+                _unlink_quietly(os.path.join(self.path, name))
+
+    @staticmethod
+    def _is_temp(name: str) -> bool:
+        return name.startswith(".") and name.endswith(_TEMP_SUFFIX) and _FILE_SUFFIX + "." in name
+
+    def reap(self) -> int:
+        """Delete expired session files and stale temporary files; return how many."""
+        now_ms = _now_ms(self._now)
+        with os.scandir(self.path) as entries:
+            return sum(self._reap_entry(entry, now_ms) for entry in list(entries))
+
+    def _reap_entry(self, entry: os.DirEntry[str], now_ms: int) -> int:
+        path = entry.path
+        if self._is_temp(entry.name):
+            try:
+                stale = entry.stat().st_mtime * 1000 + _STALE_TEMP_MS <= time.time() * 1000
+            except FileNotFoundError:
+                return 0
+            return _unlink_quietly(path) if stale else 0
+        if self._sid_of(entry.name) is None:
+            return 0
+        document = self._read(path)
+        if document is None or not self._expired(document, now_ms):
+            return 0
+        # Judge again under the lock: it may have been rewritten meanwhile. Never wait for
+        # it: a writer holding it is not expired, and waiting could deadlock two reapers.
+        with self._locked(path, wait=False) as fd:
+            if fd is None:
+                return 0
+            document = self._read_fd(fd)
+            if document is not None and self._expired(document, now_ms):
+                return _unlink_quietly(path)
+        return 0
+
+    def _reap_step(self, now_ms: int) -> None:
+        """Reap a few directory entries per write while a reap is due: amortised, no thread."""
+        if self._reap_entries is None and now_ms < self._reap_due:
+            return
+        if not self._reap_lock.acquire(blocking=False):
+            return
+        try:
+            if self._reap_pid != os.getpid():  # a forked child starts its own walk
+                self._reap_entries, self._reap_pid = None, os.getpid()
+            if self._reap_entries is None:
+                if now_ms < self._reap_due:
+                    return
+                self._reap_entries = os.scandir(self.path)
+            for _ in range(_REAP_BATCH):
+                entry = next(self._reap_entries, None)
+                if entry is None:
+                    self._reap_entries = None
+                    self._reap_due = now_ms + self.reap_interval
+                    return
+                self._reap_entry(entry, now_ms)
+        finally:
+            self._reap_lock.release()
+
+
+def _lock_fd(fd: int, wait: bool) -> bool:
+    """flock the file; False when wait=False and another holder has it."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _unlink_quietly(path: str) -> int:
+    try:
+        os.unlink(path)
+        return 1
+    except FileNotFoundError:
+        return 0
+
+
+class RedisStore:
+    """Sessions in Redis, as the npm package connect-redis (7) keeps them: key
+    `<prefix><sid>`, value the document as JSON, TTL from cookie.expires (else `ttl`).
+
+    `client` is a redis-py ``Redis`` or anything with its methods (get, set, delete,
+    expire, scan_iter, mget, pipeline); this module imports nothing of redis.
+    """
+
+    def __init__(self, client: Any, prefix: str = "sess:", ttl: int = DAY_MS,
+                 now: Clock = time.time) -> None:
+        if client is None:
+            raise TypeError("RedisStore needs a client, e.g. redis.Redis.from_url('redis://localhost:6379/0')")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        self.client = client
+        self.prefix = prefix
+        self.ttl = _check_ttl(ttl)
+        self._now = now
+
+    def _key(self, sid: str) -> str:
+        return self.prefix + sid
+
+    def _ttl_seconds(self, document: Mapping[str, Any]) -> int:
+        # connect-redis: whole seconds, rounded up.
+        return math.ceil(_lifetime_ms(document, _now_ms(self._now), self.ttl) / 1000)
+
+    def _parse(self, key: str, raw: Any) -> Document:
+        document = _loads_document(raw)
+        if document is None:
+            raise ValueError(f"Redis key {key!r} does not hold a session document (a JSON object); "
+                             "is another application using the prefix?")
+        return document
+
+    def get(self, sid: str) -> Document | None:
+        key = self._key(sid)
+        raw = self.client.get(key)
+        return None if raw is None else self._parse(key, raw)
+
+    def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
+        seconds = self._ttl_seconds(session)
+        if seconds <= 0:
+            self.client.delete(self._key(sid))
+            return
+        self.client.set(self._key(sid), _dumps(session), ex=seconds)
+
+    def touch(self, sid: str, session: Document) -> bool:
+        """Extend the key's TTL only: the data in Redis stays as it is."""
+        seconds = self._ttl_seconds(session)
+        if seconds <= 0:
+            self.client.delete(self._key(sid))
+            return False
+        return bool(self.client.expire(self._key(sid), seconds))
+
+    def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
+               cookie: Document, max_age: int | None = None) -> bool:
+        """Optimistic transaction: WATCH the key, merge onto its current value, MULTI/EXEC;
+        start over if another client wrote the key in between."""
+        key = self._key(sid)
+        deleted = list(deleted)
+        for _ in range(100):
+            with self.client.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        return False
+                    document = self._parse(key, raw)
+                    _apply_changes(document, changes, deleted, cookie)
+                    seconds = self._ttl_seconds(document)
+                    pipe.multi()
+                    if seconds <= 0:
+                        pipe.delete(key)
+                    else:
+                        pipe.set(key, _dumps(document), ex=seconds)
+                    pipe.execute()
+                    return seconds > 0
+                except Exception as exc:
+                    if type(exc).__name__ != "WatchError":
+                        raise
+        raise RuntimeError(f"could not update {key!r}: it kept changing under 100 attempts")
+
+    def destroy(self, sid: str) -> None:
+        self.client.delete(self._key(sid))
+
+    def _keys(self) -> list[str]:
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "*"
+        keys = []
+        for key in self.client.scan_iter(match=pattern, count=100):
+            keys.append(key.decode("utf-8") if isinstance(key, bytes) else key)
+        return keys
+
+    def all(self) -> dict[str, Document]:
+        keys = self._keys()
+        sessions: dict[str, Document] = {}
+        for start in range(0, len(keys), 100):
+            batch = keys[start:start + 100]
+            for key, raw in zip(batch, self.client.mget(batch)):
+                if raw is not None:
+                    sessions[key[len(self.prefix):]] = self._parse(key, raw)
+        return sessions
+
+    def length(self) -> int:
+        return len(self._keys())
+
+    def clear(self) -> None:
+        keys = self._keys()
+        for start in range(0, len(keys), 100):
+            self.client.delete(*keys[start:start + 100])
+
+
+# ---------------------------------------------------------------------------
+# The middleware: options, the request lifecycle, commit
+# ---------------------------------------------------------------------------
+
+_UNSET: Any = object()
+_COOKIE_ALIASES = {"maxAge": "max_age", "httpOnly": "http_only", "sameSite": "same_site"}
+_COOKIE_KEYS = ("max_age", "expires", "secure", "http_only", "path", "domain", "same_site",
+                "partitioned", "priority")
+_OPTION_NAMES = ("secret", "name", "cookie", "store", "resave", "save_uninitialized", "rolling",
+                 "genid", "proxy", "now", "saveUninitialized")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")       # RFC 6265 cookie-name
+_ATTRIBUTE_VALUE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")    # no controls, spaces or ";"
+_MAX_COOKIE_CHARS = 4096
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _require_bool(value: Any, option: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{option} must be True or False, not {value!r}")
+    return value
+
+
+def _choice(value: Any, option: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value.lower() not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{option} must be one of {allowed} or None, not {value!r}")
+    return value.lower()
+
+
+class _CookieOptions:
+    """Validated cookie options: what a new or regenerated session's cookie gets."""
+
+    __slots__ = (
+        "domain",
+        "expires_ms",
+        "http_only",
+        "max_age",
+        "partitioned",
+        "path",
+        "priority",
+        "same_site",
+        "secure",
+    )
+
+    def __init__(self, raw: Any, source: str = "cookie") -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"{source} must be a dict of cookie options, not {type(raw).__name__}")
+        given: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = _COOKIE_ALIASES.get(key, key)
+            if name not in _COOKIE_KEYS:
+                raise TypeError(f"unknown {source} option {key!r}"
+                                f"{_did_you_mean(str(key), [*_COOKIE_KEYS, *_COOKIE_ALIASES])}")
+            if name in given:
+                raise TypeError(f"{source} option {name!r} is given twice (also as {key!r})")
+            given[name] = value
+
+        if "max_age" in given and given.get("expires") is not None:
+            raise ValueError(f"{source}: give max_age or expires, not both")
+        self.max_age = _millis(given.get("max_age", None if "expires" in given else DAY_MS),
+                               f"{source} max_age")
+        if self.max_age is not None and self.max_age <= 0:
+            raise ValueError(f"{source} max_age must be a positive number of milliseconds "
+                             f"(or None for a browser-session cookie), not {given['max_age']!r}")
+        expires = given.get("expires")
+        if expires is not None and (not isinstance(expires, datetime) or expires.tzinfo is None):
+            raise TypeError(f"{source} expires must be a timezone-aware datetime or None, not {expires!r}")
+        self.expires_ms = None if expires is None else _datetime_ms(expires)
+
+        secure = given.get("secure", False)
+        if secure != "auto":
+            _require_bool(secure, f"{source} secure (or 'auto')")
+        self.secure: bool | str = secure
+        self.http_only = _require_bool(given.get("http_only", True), f"{source} http_only")
+        self.partitioned = _require_bool(given.get("partitioned", False), f"{source} partitioned")
+
+        path = given.get("path", "/")
+        if not isinstance(path, str) or not path.startswith("/") or not _ATTRIBUTE_VALUE.fullmatch(path):
+            raise ValueError(f"{source} path must be a str starting with '/' without spaces, "
+                             f"';' or control characters, not {path!r}")
+        self.path = path
+        domain = given.get("domain")
+        if domain is not None and (not isinstance(domain, str) or not _ATTRIBUTE_VALUE.fullmatch(domain)):
+            raise ValueError(f"{source} domain must be a host name or None, not {domain!r}")
+        self.domain = domain
+
+        same_site = given.get("same_site", "lax")
+        if same_site is True:  # as express's `cookie` package: true means Strict
+            same_site = "strict"
+        elif same_site is False:
+            same_site = None
+        if same_site is not None:
+            same_site = _choice(same_site, f"{source} same_site", (*_SAME_SITE_VALUES, "auto"))
+        self.same_site: str | None = same_site
+        priority = given.get("priority")
+        self.priority = None if priority is None else _choice(priority, f"{source} priority",
+                                                               _PRIORITY_VALUES)
+
+    def new_cookie(self, secure_request: bool, now: Clock) -> SessionCookie:
+        """A new session's cookie; "auto" settings follow whether this request is secure."""
+        cookie = SessionCookie(
+            secure=secure_request if self.secure == "auto" else bool(self.secure),
+            http_only=self.http_only, path=self.path, domain=self.domain,
+            same_site=("none" if secure_request else "lax") if self.same_site == "auto" else self.same_site,
+            partitioned=self.partitioned, priority=self.priority, now=now)
+        if self.expires_ms is not None:
+            cookie._expires_ms = self.expires_ms
+            cookie.original_max_age = self.expires_ms - _now_ms(now)
+        else:
+            cookie.max_age = self.max_age
+        return cookie
+
+    @property
+    def needs_scheme(self) -> bool:
+        return self.secure == "auto" or self.same_site == "auto"
+
+
+def _secrets_option(secret: Any) -> tuple[bytes, ...]:
+    if secret is None:
+        raise TypeError("secret is required: SessionMiddleware(app, secret='a long random string') "
+                        "(a list rotates secrets: the first signs, all verify)")
+    values = list(secret) if isinstance(secret, (list, tuple)) else [secret]
+    if not values:
+        raise ValueError("secret must not be an empty list: give at least one secret")
+    keys = []
+    for value in values:
+        if not isinstance(value, (str, bytes)):
+            raise TypeError(f"secret must be a str or bytes (or a list of them), not {type(value).__name__}")
+        if not value:
+            raise ValueError("secret must not be empty")
+        keys.append(_secret_bytes(value))
+    return tuple(keys)
+
+
+def _is_secure(environ: Mapping[str, Any], proxy: bool | None) -> bool:
+    """https, as the server saw it; with proxy=True also as the first X-Forwarded-Proto says."""
+    if environ.get("wsgi.url_scheme") == "https":
+        return True
+    if proxy is not True:
+        return False
+    header = str(environ.get("HTTP_X_FORWARDED_PROTO") or "")
+    return header.split(",", 1)[0].strip().lower() == "https"
+
+
+def _request_path(environ: Mapping[str, Any]) -> str:
+    return (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "") or "/"
+
+
+def serialize_set_cookie(name: str, value: str, cookie: SessionCookie,
+                         expires_ms: int | None = _UNSET) -> str:
+    """A Set-Cookie value, attribute for attribute as express-session (via `cookie`) writes it."""
+    if expires_ms is _UNSET:
+        expires_ms = cookie._expires_ms
+    parts = [name + "=" + _encode_uri_component(value)]
+    if cookie.domain:
+        parts.append("Domain=" + cookie.domain)
+    if cookie.path:
+        parts.append("Path=" + cookie.path)
+    if expires_ms is not None:
+        parts.append("Expires=" + _http_date(expires_ms))
+    if cookie.http_only:
+        parts.append("HttpOnly")
+    if cookie.secure:
+        parts.append("Secure")
+    if cookie.partitioned:
+        parts.append("Partitioned")
+    if cookie.priority:
+        parts.append("Priority=" + cookie.priority.capitalize())
+    if cookie.same_site:
+        parts.append("SameSite=" + cookie.same_site.capitalize())
+    return "; ".join(parts)
+
+
+class SessionMiddleware:
+    """Wrap a WSGI application so every request under the cookie's path has a session.
+
+    Options are express-session's (snake_case; its camelCase spellings are accepted too):
+    secret, name, cookie, store, resave, save_uninitialized, rolling, genid, proxy.
+    `now` is the clock (seconds since the epoch), for tests.
+    """
+
+    def __init__(self, app: WSGIApp, *, secret: Any = None, name: str = "connect.sid",
+                 cookie: Any = None, store: Any = None, resave: bool = True,
+                 save_uninitialized: bool = _UNSET, rolling: bool = False,
+                 genid: Callable[[WSGIEnviron], str] | None = None, proxy: bool | None = None,
+                 now: Clock = time.time, **express_options: Any) -> None:
+        for key, value in express_options.items():
+            if key != "saveUninitialized":
+                raise TypeError(f"unknown SessionMiddleware option {key!r}{_did_you_mean(key, _OPTION_NAMES)}")
+            if save_uninitialized is not _UNSET:
+                raise TypeError("give save_uninitialized or saveUninitialized, not both")
+            save_uninitialized = value
+        if save_uninitialized is _UNSET:
+            save_uninitialized = True
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI application (a callable), not {type(app).__name__}")
+        self.app = app
+        self._keys = _secrets_option(secret)
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ValueError(f"name must be a valid cookie name (letters, digits, !#$%&'*+-.^_`|~), not {name!r}")
+        self.name = name
+        if callable(cookie):
+            self._cookie_factory: Callable[[WSGIEnviron], Any] | None = cookie
+            self._cookie_options = _CookieOptions({})
+        else:
+            self._cookie_factory = None
+            self._cookie_options = _CookieOptions(cookie)
+        if store is None:
+            store = MemoryStore(now=now)
+        for method in ("get", "set", "destroy"):
+            if not callable(getattr(store, method, None)):
+                raise TypeError(f"store must have get, set and destroy methods; "
+                                f"{type(store).__name__} has no {method}()")
+        self.store = store
+        self._store_touch = getattr(store, "touch", None)
+        self._store_update = getattr(store, "update", None)
+        self.resave = _require_bool(resave, "resave")
+        self.save_uninitialized = _require_bool(save_uninitialized, "save_uninitialized")
+        self.rolling = _require_bool(rolling, "rolling")
+        if genid is not None and not callable(genid):
+            raise TypeError(f"genid must be a callable(environ) -> str, not {type(genid).__name__}")
+        self._genid = genid
+        if proxy not in (None, True, False):
+            raise TypeError(f"proxy must be None, True or False, not {proxy!r}")
+        self.proxy = proxy
+        if not callable(now):
+            raise TypeError("now must be a clock: a callable returning seconds since the epoch")
+        self._now = now
+        self._warn_multiprocess = isinstance(store, MemoryStore)
+
+    def generate_id(self, environ: WSGIEnviron) -> str:
+        if self._genid is None:
+            return _secrets.token_urlsafe(24)  # 32 URL-safe characters, as express-session's uid-safe
+        sid = self._genid(environ)
+        if not isinstance(sid, str) or not sid:
+            raise TypeError(f"genid must return a non-empty str, not {sid!r}")
+        return sid
+
+    def cookie_value(self, sid: str) -> str:
+        """The session cookie's value before percent-encoding: "s:" + the signed ID."""
+        return "s:" + sid + "." + _signature(sid, self._keys[0])
+
+    def _verified_id(self, environ: Mapping[str, Any]) -> str | None:
+        header = environ.get("HTTP_COOKIE")
+        if not header:
+            return None
+        raw = _find_cookie(header, self.name)
+        if not raw or not raw.startswith("s:") or len(raw) > _MAX_COOKIE_CHARS:
+            return None
+        return unsign(raw[2:], self._keys)
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        options = self._cookie_options
+        if self._cookie_factory is not None:
+            options = _CookieOptions(self._cookie_factory(environ), "cookie(environ)")
+        if not _request_path(environ).startswith(options.path):
+            return self.app(environ, start_response)
+        if self._warn_multiprocess and environ.get("wsgi.multiprocess"):
+            self._warn_multiprocess = False
+            log.warning("bunway_session: MemoryStore under a multi-process server: each process "
+                        "has its own sessions, so users will lose them between requests. Use "
+                        "FileStore or RedisStore.")
+        lifecycle = _Lifecycle(self, environ, options)
+        environ[ENVIRON_KEY] = lifecycle.session
+        response = _Response(lifecycle, start_response)
+        # If the app raises, nothing is committed: its half-made changes are dropped.
+        body = self.app(environ, response.start_response)
+        return response.wrap(body, environ)
+
+
+def get_session(environ: Mapping[str, Any]) -> Session:
+    """The request's session; LookupError when there is none."""
+    session = environ.get(ENVIRON_KEY)
+    if session is None:
+        raise LookupError("this request has no session: wrap the app in SessionMiddleware, and "
+                          "check that the request path is under the session cookie's path")
+    return session  # type: ignore[no-any-return]
+
+
+class _Lifecycle:
+    """One request's session and express-session's rules for it: load, then at commit
+    decide touch / save / store touch / Set-Cookie with the small predicates below."""
+
+    __slots__ = (
+        "committed",
+        "committed_json",
+        "cookie_id",
+        "cookie_sent",
+        "environ",
+        "gone",
+        "loaded_id",
+        "middleware",
+        "options",
+        "original_id",
+        "original_json",
+        "saved_id",
+        "saved_json",
+        "session",
+    )
+
+    def __init__(self, middleware: SessionMiddleware, environ: WSGIEnviron,
+                 options: _CookieOptions) -> None:
+        self.middleware = middleware
+        self.environ = environ
+        self.options = options
+        self.cookie_id = middleware._verified_id(environ)
+        self.loaded_id: str | None = None   # the ID whose stored copy this request read
+        self.saved_id: str | None = None
+        self.saved_json: str | None = None
+        self.committed = False
+        self.committed_json: str | None = None
+        self.cookie_sent = False
+        self.gone = False   # the store said this session no longer exists (logout elsewhere)
+        document = middleware.store.get(self.cookie_id) if self.cookie_id else None
+        loaded = self._inflate(self.cookie_id, document) if document is not None else None
+        self.session = loaded if loaded is not None else self._generate()
+        self.original_id = self.session.id
+        self.original_json = _encode_data(self.session)
+        if loaded is not None and not middleware.resave:
+            # resave=False: a loaded session counts as saved until it changes.
+            self.saved_id, self.saved_json = self.session.id, self.original_json
+
+    def _generate(self) -> Session:
+        middleware = self.middleware
+        return Session({}, middleware.generate_id(self.environ), self._new_cookie(), True, self)
+
+    def _new_cookie(self) -> SessionCookie:
+        secure = self.options.needs_scheme and _is_secure(self.environ, self.middleware.proxy)
+        return self.options.new_cookie(secure, self.middleware._now)
+
+    def _inflate(self, sid: str | None, document: Document) -> Session | None:
+        """A Session from a stored document; None if the document is unusable."""
+        assert sid is not None
+        stored_cookie = document.get("cookie")
+        if isinstance(stored_cookie, dict):
+            try:
+                cookie = SessionCookie.from_dict(stored_cookie, self.middleware._now)
+            except ValueError:
+                return None
+        else:
+            cookie = self._new_cookie()
+        data = {key: value for key, value in document.items()
+                if key != "cookie" and key != "__lastAccess"}
+        self.loaded_id = sid
+        return Session(data, sid, cookie, False, self)
+
+    # -- express-session's predicates ----------------------------------------
+
+    def is_modified(self, data_json: str) -> bool:
+        return self.original_id != self.session.id or self.original_json != data_json
+
+    def is_saved(self, data_json: str) -> bool:
+        return self.saved_id == self.session.id and self.saved_json == data_json
+
+    def should_save(self, data_json: str) -> bool:
+        # An uninitialized new session is stored only once it holds something.
+        if (not self.middleware.save_uninitialized and self.saved_id is None
+                and self.cookie_id != self.session.id):
+            return self.is_modified(data_json)
+        return not self.is_saved(data_json)
+
+    def should_touch(self) -> bool:
+        return self.cookie_id == self.session.id and self.middleware._store_touch is not None
+
+    def should_set_cookie(self, data_json: str) -> bool:
+        if self.cookie_id != self.session.id:
+            return self.middleware.save_uninitialized or self.is_modified(data_json)
+        return self.middleware.rolling or (
+            self.session.cookie._expires_ms is not None and self.is_modified(data_json))
+
+    def may_send_cookie(self) -> bool:
+        # A Secure cookie never goes out over plain http.
+        return not self.session.cookie.secure or _is_secure(self.environ, self.middleware.proxy)
+
+    # -- commit ----------------------------------------------------------------
+
+    def commit(self) -> list[tuple[str, str]]:
+        """The end of the request, just before the headers go out: touch, then save or
+        store-touch, then the Set-Cookie header if one is due. Returns the extra headers."""
+        self.committed = True
+        session = self.session
+        if session._destroyed:
+            return self._expired_cookie() if self.cookie_id is not None else []
+        session.cookie.reset_expiry()
+        data_json = _encode_data(session)
+        self.committed_json = data_json
+        if self.should_save(data_json):
+            self._save(data_json)
+        elif self.should_touch():
+            touch = self.middleware._store_touch
+            assert touch is not None
+            if touch(session.id, _document(session.cookie, session)) is False:
+                self.gone = True
+        if self.gone or not self.should_set_cookie(data_json) or not self.may_send_cookie():
+            return []
+        self.cookie_sent = True
+        value = self.middleware.cookie_value(session.id)
+        return [("Set-Cookie", serialize_set_cookie(self.middleware.name, value, session.cookie))]
+
+    def commit_late(self) -> None:
+        """At close(): save changes made while a streaming body was produced."""
+        session = self.session
+        if session._destroyed or self.gone:
+            return
+        data_json = _encode_data(session)
+        client_has_it = self.cookie_sent or self.cookie_id == session.id
+        if data_json != self.committed_json and client_has_it and not self.is_saved(data_json):
+            self._save(data_json)
+
+    def _expired_cookie(self) -> list[tuple[str, str]]:
+        if not self.may_send_cookie():
+            return []
+        return [("Set-Cookie", serialize_set_cookie(self.middleware.name, "", self.session.cookie, 0))]
+
+    def _save(self, data_json: str) -> None:
+        """Write the session. A session this request loaded is updated key by key onto the
+        store's current copy when the store can (so parallel requests keep each other's
+        keys, and a session destroyed meanwhile stays destroyed); otherwise the whole
+        document is written, as express-session does."""
+        session = self.session
+        store = self.middleware.store
+        update = self.middleware._store_update
+        if update is not None and self.loaded_id == session.id:
+            base = self.saved_json if self.saved_id == session.id else self.original_json
+            changes, deleted = _changed_keys(base or "{}", data_json, session)
+            if not update(session.id, changes, deleted, session.cookie.to_dict(), session.cookie.max_age):
+                self.gone = True
+                return
+        else:
+            store.set(session.id, _document(session.cookie, session), session.cookie.max_age)
+        self.saved_id, self.saved_json = session.id, data_json
+
+    # -- the session's methods -------------------------------------------------
+
+    def save(self) -> None:
+        self._save(_encode_data(self.session))
+
+    def destroy(self) -> None:
+        session = self.session
+        if session._destroyed:
+            return
+        self.middleware.store.destroy(session.id)
+        dict.clear(session)
+        session._destroyed = True
+
+    def regenerate(self) -> None:
+        session = self.session
+        if not session._destroyed:
+            self.middleware.store.destroy(session.id)
+        dict.clear(session)
+        session.id = self.middleware.generate_id(self.environ)
+        session.cookie = self._new_cookie()
+        session.is_new = True
+        session._destroyed = False
+        self.gone = False
+
+    def reload(self) -> None:
+        session = self.session
+        document = self.middleware.store.get(session.id)
+        stored_cookie = document.get("cookie") if document is not None else None
+        if document is None or not isinstance(stored_cookie, dict):
+            raise LookupError(f"session {session.id!r} is no longer in the store "
+                              "(destroyed or expired); it cannot be reloaded")
+        session.cookie = SessionCookie.from_dict(stored_cookie, self.middleware._now)
+        dict.clear(session)
+        dict.update(session, {key: value for key, value in document.items()
+                              if key != "cookie" and key != "__lastAccess"})
+        # The store holds exactly this now: later saves apply changes made after it.
+        self.loaded_id = session.id
+        self.saved_id, self.saved_json = session.id, _encode_data(session)
+        self.gone = False
+
+
+def _changed_keys(base_json: str, data_json: str, data: Mapping[str, Any]
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """The top-level keys set (new or with a different JSON value) and deleted since `base_json`."""
+    if base_json == data_json:
+        return {}, []
+    base = json.loads(base_json)
+    changes = {key: value for key, value in data.items()
+               if key not in base or _dumps(value) != _dumps(base[key])}
+    deleted = [key for key in base if key not in data]
+    return changes, deleted
+
+
+class _Response:
+    """Holds the app's status and headers until the session is committed, then passes
+    them on with the session's Set-Cookie; the commit happens at the first non-empty
+    body chunk, a write() call, or the end of an empty body."""
+
+    __slots__ = ("failed", "headers", "lifecycle", "server_start_response", "server_write", "status")
+
+    def __init__(self, lifecycle: _Lifecycle, start_response: StartResponse) -> None:
+        self.lifecycle = lifecycle
+        self.server_start_response = start_response
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.server_write: Callable[[bytes], object] | None = None
+        self.failed = False
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], object]:
+        if exc_info is not None and self.server_write is not None:
+            # Headers already went out: the server re-raises, as PEP 3333 says.
+            return self.server_start_response(status, headers, exc_info)
+        self.status, self.headers = status, headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        self.send_headers()
+        assert self.server_write is not None
+        self.server_write(data)
+
+    def send_headers(self) -> None:
+        if self.server_write is not None:
+            return
+        if self.status is None:
+            raise RuntimeError("the application produced a body before calling start_response")
+        extra = self.lifecycle.commit()
+        self.server_write = self.server_start_response(self.status, [*self.headers, *extra])
+
+    def wrap(self, body: Iterable[bytes], environ: WSGIEnviron) -> Iterable[bytes]:
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        finished = isinstance(body, (list, tuple)) or (
+            isinstance(file_wrapper, type) and isinstance(body, file_wrapper))
+        if finished and self.status is not None:
+            # The app's code has all run: commit now and hand the body over untouched
+            # (a file wrapper keeps the server's sendfile path).
+            try:
+                self.send_headers()
+            except BaseException:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+                raise
+            return body
+        return _Body(self, body)
+
+    def finish(self) -> None:
+        """close(): save what changed while streaming, unless the app failed."""
+        if self.failed:
+            return
+        if self.lifecycle.committed:
+            self.lifecycle.commit_late()
+        elif self.status is not None:
+            self.lifecycle.commit()  # closed before any body: still save, no headers left to send
+
+
+class _Body:
+    """The app's body iterable, committing the session before the first chunk goes out."""
+
+    __slots__ = ("body", "iterator", "response")
+
+    def __init__(self, response: _Response, body: Iterable[bytes]) -> None:
+        self.response = response
+        self.body = body
+        self.iterator: Iterator[bytes] | None = None
+
+    def __iter__(self) -> _Body:
+        return self
+
+    def __next__(self) -> bytes:
+        response = self.response
+        try:
+            if self.iterator is None:
+                self.iterator = iter(self.body)
+            chunk = next(self.iterator)
+            # Nothing may go out before the headers, and the headers wait for the first
+            # non-empty chunk: empty chunks before it are consumed here.
+            while not chunk and response.server_write is None:
+                chunk = next(self.iterator)
+        except StopIteration:
+            if response.server_write is None:
+                self._send_headers()
+            raise
+        except BaseException:
+            response.failed = True
+            raise
+        if response.server_write is None:
+            self._send_headers()
+        return chunk
+
+    def _send_headers(self) -> None:
+        try:
+            self.response.send_headers()
+        except BaseException:
+            self.response.failed = True
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.response.finish()
+
+
+# ---------------------------------------------------------------------------
+# The demo: python bunway_session.py [--port 8000] [--store memory|file]
+# ---------------------------------------------------------------------------
+
+_DEMO_USERS = {"alice": "wonderland"}
+
+
+def _demo_page(title: str, session: Session, body: str) -> bytes:
+    from html import escape
+    notes = "".join(f'<p class="{escape(kind)}">{escape(message)}</p>'
+                    for kind, messages in session.flash().items() for message in messages)
+    user = session.get("user")
+    who = (f'Signed in as <b>{escape(user)}</b>. <form method="post" action="/logout" '
+           f'style="display:inline"><button>Log out</button></form>' if user
+           else 'Not signed in. <a href="/login">Log in</a>')
+    return (f"<!doctype html><meta charset=utf-8><title>{escape(title)}</title>"
+            f"<style>body{{font:16px system-ui;margin:2em}} .error{{color:#b00}} .info{{color:#060}}</style>"
+            f"<h1>{escape(title)}</h1><p>{who}</p>{notes}{body}"
+            f'<p><a href="/">Home</a> · <a href="/dashboard">Dashboard</a></p>').encode()
+
+
+def demo_app(environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+    """The demo: a view counter, login (regenerating the session), a protected page,
+    flash messages and logout (destroying it)."""
+    from urllib.parse import parse_qs
+    session = get_session(environ)
+    method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/"
+
+    def respond(status: str, page: bytes = b"", location: str | None = None) -> list[bytes]:
+        headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))]
+        if location:
+            headers.append(("Location", location))
+        start_response(status, headers)
+        return [page]
+
+    if path == "/" and method == "GET":
+        session["views"] = session.get("views", 0) + 1
+        return respond("200 OK", _demo_page("bunway_session demo", session,
+                                            f"<p>You have seen this page {session['views']} times.</p>"))
+    if path == "/login" and method == "GET":
+        return respond("200 OK", _demo_page("Log in", session,
+                                            '<form method="post"><input name="username" placeholder="alice"> '
+                                            '<input name="password" type="password" placeholder="wonderland"> '
+                                            "<button>Log in</button></form>"))
+    if path == "/login" and method == "POST":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        form = parse_qs(environ["wsgi.input"].read(length).decode("utf-8", "replace"))
+        username = form.get("username", [""])[0]
+        if _DEMO_USERS.get(username) != form.get("password", [""])[0]:
+            session.flash("error", "Wrong username or password.")
+            return respond("303 See Other", location="/login")
+        session.regenerate()  # a new ID at login: an ID planted before it is worthless
+        session["user"] = username
+        session.flash("info", f"Welcome, {username}!")
+        return respond("303 See Other", location="/dashboard")
+    if path == "/dashboard" and method == "GET":
+        if not session.get("user"):
+            return respond("401 Unauthorized", _demo_page("Dashboard", session,
+                                                          '<p><a href="/login">Log in</a> to see this page.</p>'))
+        return respond("200 OK", _demo_page("Dashboard", session, "<p>This page is for signed-in users.</p>"))
+    if path == "/logout" and method == "POST":
+        session.destroy()
+        return respond("303 See Other", location="/")
+    return respond("404 Not Found", b"not found")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    parser = argparse.ArgumentParser(description="Serve the bunway_session demo on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--store", choices=("memory", "file"), default="memory")
+    parser.add_argument("--path", default="./sessions", help="the FileStore folder (with --store file)")
+    args = parser.parse_args(argv)
+
+    class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    secret = os.environ.get("SESSION_SECRET") or _secrets.token_hex(32)
+    store: Any = FileStore(args.path) if args.store == "file" else MemoryStore()
+    app = SessionMiddleware(demo_app, secret=secret, store=store, save_uninitialized=False)
+    with make_server("127.0.0.1", args.port, app, server_class=ThreadingWSGIServer) as server:
+        print(f"bunway_session demo on http://127.0.0.1:{server.server_port}/ ({args.store} store; "
+              f"log in as alice / wonderland). Set SESSION_SECRET to keep sessions across restarts.",
+              flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1371 @@
+"""Tests for bunway_session, one TestCase a section of the contract (SPEC.md).
+
+Run: python -m unittest            (Redis tests run when redis-server and redis-py exist,
+                                    or REDIS_URL is set; otherwise they are skipped)
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.cookiejar
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.util import FileWrapper, setup_testing_defaults
+from wsgiref.validate import validator
+
+if TYPE_CHECKING:
+    from typing import Self
+
+import bunway_session as bs
+from bunway_session import (
+    FileStore,
+    MemoryStore,
+    RedisStore,
+    Session,
+    SessionCookie,
+    SessionMiddleware,
+    SessionStore,
+    get_session,
+    sign,
+    unsign,
+)
+
+SECRET = "keyboard cat"
+UTC = timezone(timedelta(0))  # datetime.UTC is Python 3.11+
+T0 = 1_795_725_516.873   # 2026-11-26T20:38:36.873Z, the moment of the express-session probe below
+
+
+class Clock:
+    """An injected clock: seconds since the epoch, moved by hand."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, ms: float) -> None:
+        self.t += ms / 1000
+
+
+class Response:
+    def __init__(self, status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def code(self) -> int:
+        return int(self.status.split()[0])
+
+    def set_cookies(self) -> list[str]:
+        return [value for name, value in self.headers if name.lower() == "set-cookie"]
+
+    def session_cookie(self, name: str = "connect.sid") -> str | None:
+        for value in self.set_cookies():
+            if value.startswith(name + "="):
+                return value
+        return None
+
+
+class Client:
+    """A tiny WSGI client: builds an environ, keeps a cookie jar, runs the app through
+    wsgiref.validate (so every test also checks PEP 3333), iterates and closes the body."""
+
+    def __init__(self, app: Any, validate: bool = True) -> None:
+        self.app = validator(app) if validate else app
+        self.cookies: dict[str, str] = {}
+
+    def request(self, path: str = "/", method: str = "GET", cookie: str | None = None,
+                environ: dict[str, Any] | None = None, https: bool = False,
+                headers: dict[str, str] | None = None) -> Response:
+        env: dict[str, Any] = {}
+        setup_testing_defaults(env)
+        env["PATH_INFO"], env["REQUEST_METHOD"] = path, method
+        if https:
+            env["wsgi.url_scheme"] = "https"
+        if cookie is None and self.cookies:
+            cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        if cookie is not None:
+            env["HTTP_COOKIE"] = cookie
+        for name, value in (headers or {}).items():
+            env["HTTP_" + name.upper().replace("-", "_")] = value
+        env.update(environ or {})
+        captured: dict[str, Any] = {}
+        written: list[bytes] = []
+
+        def start_response(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if exc_info is not None and "status" in captured:
+                raise exc_info[1].with_traceback(exc_info[2])
+            captured["status"], captured["headers"] = status, response_headers
+            return written.append
+
+        body = self.app(env, start_response)
+        try:
+            written.extend(body)
+        finally:
+            close = getattr(body, "close", None)
+            if close:
+                close()
+        response = Response(captured["status"], captured["headers"], b"".join(written))
+        for header in response.set_cookies():
+            pair = header.split(";", 1)[0]
+            name, value = pair.split("=", 1)
+            if "Expires=Thu, 01 Jan 1970" in header:
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value
+        return response
+
+
+def text_app(handler: Callable[[Session, dict[str, Any]], Any]) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app that calls handler(session, environ) and answers 200 with its result."""
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        result = handler(get_session(environ), environ)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(result).encode()]
+    return app
+
+
+def counter(session: Session, environ: dict[str, Any]) -> int:
+    session["views"] = session.get("views", 0) + 1
+    return session["views"]
+
+
+def reader(session: Session, environ: dict[str, Any]) -> Any:
+    return session.get("views")
+
+
+class RecordingStore:
+    """A MemoryStore that records each call, to check which calls the lifecycle makes."""
+
+    def __init__(self, inner: Any = None, touch: bool = True, update: bool = True) -> None:
+        self.inner = inner if inner is not None else MemoryStore(now=Clock(time.time()))
+        self.calls: list[tuple[str, str]] = []
+        self.documents: list[dict[str, Any]] = []
+        if not touch:
+            self.touch = None  # type: ignore[assignment]
+        if not update:
+            self.update = None  # type: ignore[assignment]
+
+    def get(self, sid: str) -> Any:
+        self.calls.append(("get", sid))
+        return self.inner.get(sid)
+
+    def set(self, sid: str, session: dict[str, Any], max_age: int | None = None) -> None:
+        self.calls.append(("set", sid))
+        self.documents.append(json.loads(json.dumps(session)))
+        self.inner.set(sid, session, max_age)
+
+    def update(self, sid: str, changes: Any, deleted: Any, cookie: Any, max_age: Any = None) -> bool:
+        self.calls.append(("update", sid))
+        return self.inner.update(sid, changes, deleted, cookie, max_age)  # type: ignore[no-any-return]
+
+    def touch(self, sid: str, session: dict[str, Any]) -> Any:
+        self.calls.append(("touch", sid))
+        return self.inner.touch(sid, session)
+
+    def destroy(self, sid: str) -> None:
+        self.calls.append(("destroy", sid))
+        self.inner.destroy(sid)
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.calls]
+
+
+def sid_of(set_cookie: str) -> str:
+    value = urllib.parse.unquote(set_cookie.split(";", 1)[0].split("=", 1)[1])
+    return value[2:].rsplit(".", 1)[0]
+
+
+def wsgi(app: Any, **options: Any) -> SessionMiddleware:
+    options.setdefault("secret", SECRET)
+    return SessionMiddleware(app, **options)
+
+
+# ---------------------------------------------------------------------------
+# §1 Public names and the demo
+# ---------------------------------------------------------------------------
+
+class ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def get_stderr(self) -> Any:
+        return io.StringIO()  # the expected tracebacks of 500 tests
+
+
+class LiveServer:
+    """A real threaded wsgiref server on a free loopback port, for end-to-end tests."""
+
+    def __init__(self, app: Any) -> None:
+        self.server = make_server("127.0.0.1", 0, app, server_class=ThreadingServer,
+                                  handler_class=QuietHandler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None
+
+
+def browser(follow_redirects: bool = True) -> tuple[urllib.request.OpenerDirector, http.cookiejar.CookieJar]:
+    jar = http.cookiejar.CookieJar()
+    handlers: list[Any] = [urllib.request.HTTPCookieProcessor(jar)]
+    if not follow_redirects:
+        handlers.append(NoRedirect())
+    return urllib.request.build_opener(*handlers), jar
+
+
+def fetch(opener: urllib.request.OpenerDirector, url: str, data: bytes | None = None) -> tuple[int, str]:
+    try:
+        with opener.open(url, data=data, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+class TestPublicNames(unittest.TestCase):
+    def test_public_names_are_exported(self) -> None:
+        for name in ("SessionMiddleware", "get_session", "Session", "SessionCookie", "SessionStore",
+                     "MemoryStore", "FileStore", "RedisStore", "sign", "unsign"):
+            self.assertIn(name, bs.__all__)
+            self.assertTrue(hasattr(bs, name))
+
+    def test_builtin_stores_satisfy_the_protocol(self) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            for store in (MemoryStore(), FileStore(folder), RedisStore(object())):
+                self.assertIsInstance(store, SessionStore)
+
+    def test_session_is_a_dict(self) -> None:
+        app = wsgi(text_app(lambda s, e: isinstance(s, dict) and isinstance(s, Session)))
+        self.assertEqual(Client(app).request().body, b"True")
+
+    def test_demo_login_flash_protected_logout_over_http(self) -> None:
+        app = SessionMiddleware(bs.demo_app, secret=SECRET, save_uninitialized=False)
+        with LiveServer(app) as live:
+            opener, jar = browser()
+            status, page = fetch(opener, live.url + "/")
+            self.assertEqual((status, "seen this page 1 times" in page), (200, True))
+            status, page = fetch(opener, live.url + "/")
+            self.assertIn("seen this page 2 times", page)
+            first_id = next(iter(jar)).value
+
+            self.assertEqual(fetch(opener, live.url + "/dashboard")[0], 401)
+            status, page = fetch(opener, live.url + "/login",
+                                 urllib.parse.urlencode({"username": "alice", "password": "nope"}).encode())
+            self.assertIn("Wrong username or password.", page)
+
+            status, page = fetch(opener, live.url + "/login",
+                                 urllib.parse.urlencode({"username": "alice", "password": "wonderland"}).encode())
+            self.assertEqual(status, 200)          # redirected to the dashboard
+            self.assertIn("Welcome, alice!", page)  # the flash message, shown once
+            self.assertIn("Signed in as <b>alice</b>", page)
+            self.assertNotEqual(next(iter(jar)).value, first_id, "login must regenerate the ID")
+            status, page = fetch(opener, live.url + "/dashboard")
+            self.assertEqual(status, 200)
+            self.assertNotIn("Welcome, alice!", page)
+
+            status, page = fetch(opener, live.url + "/logout", b"")
+            self.assertIn("Not signed in", page)
+            self.assertEqual(fetch(opener, live.url + "/dashboard")[0], 401)
+
+    def test_demo_command_serves_on_loopback(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with tempfile.TemporaryDirectory() as folder:
+            process = subprocess.Popen(
+                [sys.executable, os.path.abspath(bs.__file__), "--port", str(port), "--store", "file",
+                 "--path", os.path.join(folder, "sessions")],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            try:
+                assert process.stdout is not None
+                banner = process.stdout.readline()
+                self.assertIn(f"http://127.0.0.1:{port}/", banner)
+                opener, _ = browser()
+                status, _page = fetch(opener, f"http://127.0.0.1:{port}/")
+                self.assertEqual(status, 200)
+                self.assertEqual(len(os.listdir(os.path.join(folder, "sessions"))), 1)
+            finally:
+                process.terminate()
+                process.wait(10)
+                if process.stdout:
+                    process.stdout.close()
+
+
+# ---------------------------------------------------------------------------
+# §2 The wrapper and its options
+# ---------------------------------------------------------------------------
+
+class TestOptions(unittest.TestCase):
+    def test_defaults_match_express_session(self) -> None:
+        clock = Clock()
+        app = wsgi(text_app(reader), now=clock)
+        self.assertIsInstance(app.store, MemoryStore)
+        self.assertEqual((app.name, app.resave, app.save_uninitialized, app.rolling, app.proxy),
+                         ("connect.sid", True, True, False, None))
+        header = Client(app).request().session_cookie()
+        assert header is not None
+        self.assertRegex(header, r"^connect\.sid=s%3A[A-Za-z0-9_-]{32}\.[A-Za-z0-9%]+; Path=/; "
+                                 r"Expires=Fri, 27 Nov 2026 20:38:36 GMT; HttpOnly; SameSite=Lax$")
+        stored = app.store.get(sid_of(header))
+        self.assertEqual(stored["cookie"], {"originalMaxAge": 86_400_000, "expires": "2026-11-27T20:38:36.873Z",
+                                            "secure": False, "httpOnly": True, "path": "/", "sameSite": "lax"})
+
+    def test_express_spellings_are_accepted(self) -> None:
+        app = wsgi(text_app(reader), saveUninitialized=False,
+                   cookie={"maxAge": 60_000, "httpOnly": False, "sameSite": "strict"})
+        self.assertFalse(app.save_uninitialized)
+        app2 = wsgi(text_app(counter), cookie={"maxAge": 60_000, "httpOnly": False, "sameSite": "strict"},
+                    now=Clock())
+        header = Client(app2).request().session_cookie()
+        self.assertEqual(header.split("; ", 1)[1], "Path=/; Expires=Thu, 26 Nov 2026 20:39:36 GMT; SameSite=Strict")
+
+    def test_bad_configuration_names_the_option(self) -> None:
+        app = text_app(reader)
+        cases: list[tuple[dict[str, Any], type, str]] = [
+            ({}, TypeError, "secret is required"),
+            ({"secret": ""}, ValueError, "secret must not be empty"),
+            ({"secret": []}, ValueError, "empty list"),
+            ({"secret": ["ok", ""]}, ValueError, "secret must not be empty"),
+            ({"secret": 42}, TypeError, "secret must be a str or bytes"),
+            ({"secret": "s", "resav": False}, TypeError, "unknown SessionMiddleware option 'resav'.*'resave'"),
+            ({"secret": "s", "saveUninitialized": False, "save_uninitialized": True}, TypeError, "not both"),
+            ({"secret": "s", "cookie": {"maxage": 1}}, TypeError, "unknown cookie option 'maxage'.*did you mean"),
+            ({"secret": "s", "cookie": {"max_age": 1, "maxAge": 2}}, TypeError, "given twice"),
+            ({"secret": "s", "cookie": {"max_age": "1h"}}, TypeError, "max_age must be milliseconds"),
+            ({"secret": "s", "cookie": {"max_age": -5}}, ValueError, "max_age must be a positive"),
+            ({"secret": "s", "cookie": {"max_age": float("inf")}}, ValueError, "max_age must be a finite"),
+            ({"secret": "s", "cookie": {"expires": datetime(2030, 1, 1)}}, TypeError, "timezone-aware"),
+            ({"secret": "s", "cookie": {"max_age": 5, "expires": datetime(2030, 1, 1, tzinfo=UTC)}},
+             ValueError, "max_age or expires"),
+            ({"secret": "s", "cookie": {"secure": "yes"}}, TypeError, "secure"),
+            ({"secret": "s", "cookie": {"http_only": 1}}, TypeError, "http_only"),
+            ({"secret": "s", "cookie": {"same_site": "sometimes"}}, ValueError, "same_site must be one of"),
+            ({"secret": "s", "cookie": {"priority": "urgent"}}, ValueError, "priority must be one of"),
+            ({"secret": "s", "cookie": {"path": "app"}}, ValueError, "path must be a str starting with '/'"),
+            ({"secret": "s", "cookie": {"domain": "a b"}}, ValueError, "domain"),
+            ({"secret": "s", "cookie": {"partitioned": "yes"}}, TypeError, "partitioned"),
+            ({"secret": "s", "cookie": ["max_age"]}, TypeError, "cookie must be a dict"),
+            ({"secret": "s", "name": ""}, ValueError, "name must be a valid cookie name"),
+            ({"secret": "s", "name": "a b"}, ValueError, "name must be a valid cookie name"),
+            ({"secret": "s", "resave": "no"}, TypeError, "resave must be True or False"),
+            ({"secret": "s", "rolling": None}, TypeError, "rolling must be True or False"),
+            ({"secret": "s", "save_uninitialized": 0}, TypeError, "save_uninitialized"),
+            ({"secret": "s", "genid": "abc"}, TypeError, "genid must be a callable"),
+            ({"secret": "s", "proxy": "yes"}, TypeError, "proxy must be None, True or False"),
+            ({"secret": "s", "store": object()}, TypeError, "store must have get, set and destroy"),
+        ]
+        for options, error, message in cases:
+            with self.subTest(options=options), self.assertRaisesRegex(error, message):
+                SessionMiddleware(app, **options)
+        with self.assertRaisesRegex(TypeError, "app must be a WSGI application"):
+            SessionMiddleware(None, secret="s")  # type: ignore[arg-type]
+
+    def test_secret_may_be_bytes_or_a_list(self) -> None:
+        for secret in (b"raw bytes", ["new", "old"], ("new",)):
+            with self.subTest(secret=secret):
+                client = Client(wsgi(text_app(counter), secret=secret))
+                client.request()
+                self.assertEqual(client.request().body, b"2")
+
+    def test_secret_rotation_new_signs_old_still_verifies(self) -> None:
+        store = MemoryStore()
+        old = Client(wsgi(text_app(counter), secret="old", store=store))
+        old.request()
+        rotated = wsgi(text_app(counter), secret=["new", "old"], store=store, rolling=True)
+        client = Client(rotated)
+        client.cookies = dict(old.cookies)
+        response = client.request()
+        self.assertEqual(response.body, b"2")
+        value = urllib.parse.unquote(client.cookies["connect.sid"])[2:]
+        self.assertEqual(unsign(value, "new"), sid_of(response.session_cookie()))
+        self.assertIsNone(unsign(value, "old"))
+
+    def test_cookie_options_may_be_a_callable_of_the_environ(self) -> None:
+        def per_request(environ: dict[str, Any]) -> dict[str, Any]:
+            return {"path": "/", "domain": environ["HTTP_HOST"].split(":")[0]}
+        client = Client(wsgi(text_app(counter), cookie=per_request))
+        header = client.request(headers={"Host": "shop.example.com"}).session_cookie()
+        self.assertIn("; Domain=shop.example.com; Path=/;", header)
+
+    def test_max_age_as_timedelta_and_none(self) -> None:
+        clock = Clock()
+        app = wsgi(text_app(counter), cookie={"max_age": timedelta(hours=1)}, now=clock)
+        self.assertIn("Expires=Thu, 26 Nov 2026 21:38:36 GMT", Client(app).request().session_cookie())
+        browser_session = wsgi(text_app(counter), cookie={"max_age": None}, now=clock)
+        header = Client(browser_session).request().session_cookie()
+        self.assertNotIn("Expires", header)
+        stored = browser_session.store.get(sid_of(header))
+        self.assertEqual((stored["cookie"]["originalMaxAge"], stored["cookie"]["expires"]), (None, None))
+
+    def test_absolute_expires(self) -> None:
+        clock = Clock()
+        when = datetime(2026, 12, 25, tzinfo=UTC)
+        app = wsgi(text_app(counter), cookie={"expires": when}, now=clock)
+        header = Client(app).request().session_cookie()
+        self.assertIn("Expires=Fri, 25 Dec 2026 00:00:00 GMT", header)
+        self.assertEqual(app.store.get(sid_of(header))["cookie"]["expires"], "2026-12-25T00:00:00.000Z")
+
+    def test_cookie_attributes(self) -> None:
+        app = wsgi(text_app(counter), cookie={"secure": True, "domain": "example.com", "same_site": "none",
+                                              "partitioned": True, "priority": "high", "http_only": False},
+                   now=Clock())
+        header = Client(app).request(https=True).session_cookie()
+        self.assertEqual(header.split("; ", 1)[1], "Domain=example.com; Path=/; Expires=Fri, 27 Nov 2026 "
+                         "20:38:36 GMT; Secure; Partitioned; Priority=High; SameSite=None")
+        no_same_site = wsgi(text_app(counter), cookie={"same_site": None})
+        self.assertNotIn("SameSite", Client(no_same_site).request().session_cookie())
+        strict = wsgi(text_app(counter), cookie={"same_site": True})
+        self.assertIn("SameSite=Strict", Client(strict).request().session_cookie())
+
+    def test_secure_and_same_site_auto_follow_the_request(self) -> None:
+        app = wsgi(text_app(counter), cookie={"secure": "auto", "same_site": "auto"})
+        secure = Client(app).request(https=True).session_cookie()
+        self.assertTrue(secure.endswith("; HttpOnly; Secure; SameSite=None"), secure)
+        plain = Client(app).request().session_cookie()
+        self.assertTrue(plain.endswith("; HttpOnly; SameSite=Lax"), plain)
+
+    def test_proxy_decides_whether_x_forwarded_proto_counts(self) -> None:
+        forwarded = {"X-Forwarded-Proto": "https, http"}
+        trusting = wsgi(text_app(counter), cookie={"secure": True}, proxy=True)
+        self.assertIsNotNone(Client(trusting).request(headers=forwarded).session_cookie())
+        for proxy in (None, False):
+            with self.subTest(proxy=proxy):
+                untrusting = wsgi(text_app(counter), cookie={"secure": True}, proxy=proxy)
+                self.assertIsNone(Client(untrusting).request(headers=forwarded).session_cookie())
+        self.assertIsNone(Client(trusting).request(headers={"X-Forwarded-Proto": "http, https"}).session_cookie())
+
+    def test_genid_makes_the_ids(self) -> None:
+        seen: list[dict[str, Any]] = []
+
+        def genid(environ: dict[str, Any]) -> str:
+            seen.append(environ)
+            return f"id-{len(seen)}"
+        header = Client(wsgi(text_app(counter), genid=genid)).request().session_cookie()
+        self.assertEqual(sid_of(header), "id-1")
+        self.assertIn("PATH_INFO", seen[0])
+        with self.assertRaisesRegex(TypeError, "genid must return a non-empty str"):
+            Client(wsgi(text_app(counter), genid=lambda environ: 7)).request()
+
+    def test_default_ids_are_32_url_safe_characters_and_unique(self) -> None:
+        app = wsgi(text_app(counter))
+        ids = {sid_of(Client(app).request().session_cookie()) for _ in range(50)}
+        self.assertEqual(len(ids), 50)
+        for sid in ids:
+            self.assertRegex(sid, r"^[A-Za-z0-9_-]{32}$")
+
+    def test_get_session_without_a_session_is_a_clear_error(self) -> None:
+        with self.assertRaisesRegex(LookupError, "wrap the app in SessionMiddleware"):
+            get_session({})
+
+
+# ---------------------------------------------------------------------------
+# §3 Wire formats
+# ---------------------------------------------------------------------------
+
+# Made with the npm package cookie-signature 1.0.7 (the one express-session 1.19 uses):
+#   npm install express-session@1.19 && node -e "const s=require('express-session/node_modules/
+#   cookie-signature'); console.log(s.sign(value, secret))" for each [value, secret] below.
+NODE_SIGNATURES = [
+    ("hello", "tobiiscool", "hello.DGDUkGlIkCzPz+C0B064FNgHdEjox7ch8tOBGslZ5QI"),
+    ("s3ss10n-1d_ABCdef0123456789xyzXYZ", "keyboard cat",
+     "s3ss10n-1d_ABCdef0123456789xyzXYZ.Y/us/DfCPoZsCSkYwWa6pDPS7OyArYjUURIYYlIAlfA"),
+    ("", "secret", ".+eZuF5tnR65UEI+C+K3os8Jddv0wr95sOVgixTAZYWk"),
+    ("a.b.c", "dots.in.value", "a.b.c.vhhNiaRTUuYa+qliHNRCv3LQIWW5O/zX2szFeAYqWN0"),
+    ("ünïcødé ☃", "sécret", "ünïcødé ☃.peMofK2BIR6Qu6T/h7zWyQ2Ruxr4n3yq9OIQnj0chgA"),
+    ("Yi0qQ7Ob8Mgk3N1TKNwaHx9tmU-RPf_2", "x" * 100,
+     "Yi0qQ7Ob8Mgk3N1TKNwaHx9tmU-RPf_2.eR8MHAjuxPra+Rw9hCbE0sCYF7sHTxsIlyaslzB1k+4"),
+    ("value with spaces; and=equals", "another secret",
+     "value with spaces; and=equals.l1n7/RVXe39opQxnNpuszFEqxVui/nTfOtE9ncDo43M"),
+]
+
+# Made with express 4.21, express-session 1.19.0 (MemoryStore), at 2026-11-26T20:38:36.873Z:
+#   session({secret: 'keyboard cat', resave: false, saveUninitialized: false,
+#            genid: () => 'Yi0qQ7Ob8Mgk3N1TKNwaHx9tmU-RPf_2', cookie: {maxAge: 86400000,
+#            secure: false, sameSite: 'lax', priority: 'high', partitioned: true, domain: 'example.com'}})
+#   a route setting req.session.views = 1 and req.session.flash = {info: ['hi']};
+#   the response's Set-Cookie and the store's JSON text:
+EXPRESS_SET_COOKIE = ("connect.sid=s%3AYi0qQ7Ob8Mgk3N1TKNwaHx9tmU-RPf_2.yVQd2hvcbErVkGVZuChyiC8%2FKzu9SqBICj2EuPjTHa4; "
+                      "Domain=example.com; Path=/; Expires=Fri, 27 Nov 2026 20:38:36 GMT; HttpOnly; "
+                      "Partitioned; Priority=High; SameSite=Lax")
+EXPRESS_DOCUMENT = ('{"cookie":{"originalMaxAge":86400000,"partitioned":true,"priority":"high",'
+                    '"expires":"2026-11-27T20:38:36.873Z","secure":false,"httpOnly":true,'
+                    '"domain":"example.com","path":"/","sameSite":"lax"},"views":1,"flash":{"info":["hi"]}}')
+
+
+class TestWireFormat(unittest.TestCase):
+    def test_sign_matches_node_cookie_signature(self) -> None:
+        for value, secret, signed in NODE_SIGNATURES:
+            with self.subTest(value=value):
+                self.assertEqual(sign(value, secret), signed)
+                self.assertEqual(sign(value, secret.encode()), signed)
+                self.assertEqual(unsign(signed, secret), value)
+
+    def test_unsign_rejects_what_does_not_verify(self) -> None:
+        signed = sign("hello", "tobiiscool")
+        self.assertIsNone(unsign(signed, "wrong"))
+        self.assertIsNone(unsign(signed[:-1], "tobiiscool"))
+        self.assertIsNone(unsign(signed + "x", "tobiiscool"))
+        self.assertIsNone(unsign("hello", "tobiiscool"))
+        self.assertIsNone(unsign("", "tobiiscool"))
+        self.assertIsNone(unsign("héllo." + signed.split(".")[1], "tobiiscool"))
+        tampered = "hellp" + signed[5:]
+        self.assertIsNone(unsign(tampered, "tobiiscool"))
+
+    def test_unsign_tries_every_secret_and_value_is_before_the_last_dot(self) -> None:
+        signed = sign("a.b.c", "old")
+        self.assertEqual(unsign(signed, ["new", "old"]), "a.b.c")
+        self.assertEqual(unsign(signed, [b"new", b"old"]), "a.b.c")
+        self.assertIsNone(unsign(signed, ["new", "newer"]))
+
+    def test_set_cookie_and_document_byte_identical_to_express_session(self) -> None:
+        store = RecordingStore(MemoryStore(now=Clock()))
+
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            session["views"] = 1
+            session["flash"] = {"info": ["hi"]}
+            return "ok"
+        app = wsgi(text_app(handler), resave=False, save_uninitialized=False, store=store, now=Clock(),
+                   genid=lambda environ: "Yi0qQ7Ob8Mgk3N1TKNwaHx9tmU-RPf_2",
+                   cookie={"maxAge": 86400000, "secure": False, "sameSite": "lax", "priority": "high",
+                           "partitioned": True, "domain": "example.com"})
+        self.assertEqual(Client(app).request().session_cookie(), EXPRESS_SET_COOKIE)
+        self.assertEqual(bs._dumps(store.documents[-1]), EXPRESS_DOCUMENT)
+
+    def test_cookie_value_is_percent_encoded_as_encode_uri_component(self) -> None:
+        self.assertEqual(bs._encode_uri_component("s:a/b+c=d.e f!~*'()"), "s%3Aa%2Fb%2Bc%3Dd.e%20f!~*'()")
+        self.assertEqual(bs._encode_uri_component("ü€"), "%C3%BC%E2%82%AC")
+
+    def test_timestamps_as_javascript_writes_them(self) -> None:
+        ms = 1_795_725_516_873
+        self.assertEqual(bs._iso_ms(ms), "2026-11-26T20:38:36.873Z")
+        self.assertEqual(bs._iso_ms(ms - 873), "2026-11-26T20:38:36.000Z")
+        self.assertEqual(bs._http_date(ms), "Thu, 26 Nov 2026 20:38:36 GMT")
+        self.assertEqual(bs._http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT")
+        self.assertEqual(bs._parse_iso_ms("2026-11-26T20:38:36.873Z"), ms)
+        self.assertEqual(bs._parse_iso_ms("2026-11-26T20:38:36.873+00:00"), ms)
+        with self.assertRaises(ValueError):
+            bs._parse_iso_ms("yesterday")
+
+    def test_parse_cookie_header_is_tolerant(self) -> None:
+        header = ' a=1; b="quoted"; bad; =nameless; c=x=y; d=%E2%98%83; e=%E2%98; f={"json": 1}; a=2; g = spaced '
+        self.assertEqual(bs.parse_cookie_header(header), {
+            "a": "1", "b": "quoted", "c": "x=y", "d": "☃", "e": "%E2%98", "f": '{"json": 1}', "g": "spaced"})
+
+    def test_stored_cookie_readers_accept_missing_fields(self) -> None:
+        cookie = SessionCookie.from_dict({})
+        self.assertEqual((cookie.original_max_age, cookie.expires, cookie.secure, cookie.http_only,
+                          cookie.path, cookie.domain, cookie.same_site, cookie.partitioned, cookie.priority),
+                         (None, None, False, False, "/", None, None, False, None))
+        node = SessionCookie.from_dict({"originalMaxAge": 86399999, "expires": "2026-11-27T20:38:36.873Z",
+                                        "httpOnly": True, "path": "/", "sameSite": True})
+        self.assertEqual(node.original_max_age, 86399999)  # Node's 1 ms short value, kept as given
+        self.assertEqual(node.same_site, "strict")
+        self.assertEqual(node.expires, datetime(2026, 11, 27, 20, 38, 36, 873000, tzinfo=UTC))
+
+    def test_session_stored_by_node_loads_and_keeps_its_cookie(self) -> None:
+        clock = Clock()
+        store = MemoryStore(now=clock)
+        document = json.loads(EXPRESS_DOCUMENT)
+        store.set("Yi0qQ7Ob8Mgk3N1TKNwaHx9tmU-RPf_2", document)
+        app = wsgi(text_app(counter), store=store, now=clock, cookie={"max_age": 1000, "domain": "other.org"})
+        client = Client(app)
+        client.cookies["connect.sid"] = EXPRESS_SET_COOKIE.split(";")[0].split("=", 1)[1]
+        clock.advance(60_000)
+        response = client.request()
+        self.assertEqual(response.body, b"2")
+        header = response.session_cookie()
+        # The stored cookie decides: its domain, partitioned, priority; its max age slides.
+        self.assertEqual(header, EXPRESS_SET_COOKIE.replace("20:38:36", "20:39:36"))
+
+    def test_lastaccess_bookkeeping_is_not_session_data(self) -> None:
+        store = MemoryStore()
+        document = json.loads(EXPRESS_DOCUMENT)
+        document["__lastAccess"] = 1
+        store.set("sid-with-bookkeeping", document)
+        client = Client(wsgi(text_app(lambda s, e: sorted(s)), store=store))
+        client.cookies["connect.sid"] = urllib.parse.quote("s:" + sign("sid-with-bookkeeping", SECRET))
+        self.assertEqual(client.request().body, b"['flash', 'views']")
+
+
+# ---------------------------------------------------------------------------
+# §4 The request lifecycle
+# ---------------------------------------------------------------------------
+
+class TestLifecycle(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock(time.time())
+        self.store = RecordingStore(MemoryStore(now=self.clock))
+
+    def app(self, handler: Callable[..., Any] = counter, **options: Any) -> SessionMiddleware:
+        options.setdefault("store", self.store)
+        options.setdefault("now", self.clock)
+        return wsgi(text_app(handler), **options)
+
+    def test_new_session_is_saved_and_cookie_set_by_default(self) -> None:
+        response = Client(self.app(reader)).request()
+        self.assertIsNotNone(response.session_cookie())
+        self.assertEqual(self.store.kinds(), ["set"])
+
+    def test_uninitialized_session_not_saved_and_no_cookie_without_save_uninitialized(self) -> None:
+        response = Client(self.app(reader, save_uninitialized=False)).request()
+        self.assertIsNone(response.session_cookie())
+        self.assertEqual(self.store.calls, [])
+
+    def test_modified_new_session_saved_even_without_save_uninitialized(self) -> None:
+        response = Client(self.app(counter, save_uninitialized=False)).request()
+        self.assertIsNotNone(response.session_cookie())
+        self.assertEqual(self.store.kinds(), ["set"])
+
+    def test_loaded_unmodified_session_with_resave_is_saved_without_cookie(self) -> None:
+        client = Client(self.app(counter))
+        client.request()
+        self.store.calls.clear()
+        response = Client(self.app(reader))
+        response.cookies = client.cookies
+        result = response.request()
+        self.assertIsNone(result.session_cookie())
+        self.assertEqual(self.store.kinds(), ["get", "update"])
+
+    def test_loaded_unmodified_session_without_resave_is_only_touched(self) -> None:
+        client = Client(self.app(counter, resave=False))
+        client.request()
+        reading = Client(self.app(reader, resave=False))
+        reading.cookies = client.cookies
+        self.store.calls.clear()
+        self.clock.advance(5000)
+        self.assertIsNone(reading.request().session_cookie())
+        self.assertEqual(self.store.kinds(), ["get", "touch"])
+        # The touch moved the stored expiry to now + max age.
+        stored = self.store.inner.get(sid_of_jar(client))
+        self.assertEqual(bs._parse_iso_ms(stored["cookie"]["expires"]), int(self.clock() * 1000) + 86_400_000)
+
+    def test_store_without_touch_gets_no_touch(self) -> None:
+        store = RecordingStore(MemoryStore(now=self.clock), touch=False)
+        client = Client(self.app(counter, resave=False, store=store))
+        client.request()
+        store.calls.clear()
+        Client(self.app(reader, resave=False, store=store)).request(cookie=jar_header(client))
+        self.assertEqual(store.kinds(), ["get"])
+
+    def test_loaded_modified_session_is_saved_and_cookie_reset(self) -> None:
+        client = Client(self.app(counter, resave=False))
+        client.request()
+        self.store.calls.clear()
+        self.clock.advance(60_000)
+        response = client.request()
+        self.assertEqual(response.body, b"2")
+        self.assertEqual(self.store.kinds(), ["get", "update"])
+        expected = bs._http_date(int(self.clock() * 1000) + 86_400_000)
+        self.assertIn(f"Expires={expected}", response.session_cookie())
+
+    def test_browser_session_cookie_not_resent_when_modified(self) -> None:
+        client = Client(self.app(counter, cookie={"max_age": None}))
+        self.assertIsNotNone(client.request().session_cookie())
+        response = client.request()
+        self.assertEqual(response.body, b"2")
+        self.assertIsNone(response.session_cookie())
+
+    def test_rolling_sets_the_cookie_on_every_response(self) -> None:
+        client = Client(self.app(reader, rolling=True))
+        client.request()
+        self.clock.advance(1000)
+        response = client.request()
+        self.assertIsNotNone(response.session_cookie())
+        self.assertIn(bs._http_date(int(self.clock() * 1000) + 86_400_000), response.session_cookie())
+
+    def test_secure_cookie_never_sent_over_http_but_session_saved(self) -> None:
+        response = Client(self.app(counter, cookie={"secure": True})).request()
+        self.assertIsNone(response.session_cookie())
+        self.assertEqual(self.store.kinds(), ["set"])
+        self.assertIsNotNone(Client(self.app(counter, cookie={"secure": True})).request(https=True).session_cookie())
+
+    def test_requests_outside_the_cookie_path_get_no_session(self) -> None:
+        seen: list[bool] = []
+
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            seen.append(bs.ENVIRON_KEY in environ)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b""]
+        middleware = wsgi(app, cookie={"path": "/app"}, store=self.store)
+        client = Client(middleware)
+        self.assertIsNone(client.request("/other").session_cookie())
+        self.assertIsNotNone(client.request("/app/page").session_cookie())
+        client.request("/page", environ={"SCRIPT_NAME": "/app"})  # the same session, loaded
+        self.assertEqual(seen, [False, True, True])
+        self.assertEqual(self.store.kinds(), ["set", "get", "update"])
+
+    def test_session_changed_after_start_response_is_committed(self) -> None:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            get_session(environ)["late"] = True
+            return [b"ok"]
+        middleware = wsgi(app, store=self.store, save_uninitialized=False)
+        response = Client(middleware).request()
+        self.assertIsNotNone(response.session_cookie())
+        self.assertEqual(self.store.documents[-1]["late"], True)
+
+    def test_streaming_body_commits_at_first_chunk_and_saves_later_changes_at_close(self) -> None:
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            session = get_session(environ)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b""
+            session["before"] = 1      # before the first non-empty chunk: decides the cookie
+            yield b"first"
+            session["after"] = 2       # while streaming: saved at close
+            yield b"second"
+        middleware = wsgi(app, store=self.store, save_uninitialized=False)
+        client = Client(middleware)
+        response = client.request()
+        self.assertEqual(response.body, b"firstsecond")
+        self.assertIsNotNone(response.session_cookie())
+        self.assertEqual(self.store.kinds(), ["set", "set"])
+        stored = self.store.inner.get(sid_of(response.session_cookie()))
+        self.assertEqual((stored["before"], stored["after"]), (1, 2))
+
+    def test_write_callable_commits_first(self) -> None:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            get_session(environ)["written"] = True
+            write = start_response("200 OK", [("Content-Type", "text/plain")])
+            write(b"via write")
+            return []
+        response = Client(wsgi(app, store=self.store, save_uninitialized=False)).request()
+        self.assertEqual(response.body, b"via write")
+        self.assertIsNotNone(response.session_cookie())
+        self.assertEqual(self.store.documents[-1]["written"], True)
+
+    def test_empty_generator_body_commits_at_its_end(self) -> None:
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            get_session(environ)["x"] = 1
+            start_response("204 No Content", [])
+            return iter([])
+        response = Client(wsgi(app, store=self.store, save_uninitialized=False)).request()
+        self.assertEqual(response.code, 204)
+        self.assertIsNotNone(response.session_cookie())
+
+    def test_store_error_at_commit_fails_the_request(self) -> None:
+        class BrokenStore(RecordingStore):
+            def set(self, sid: str, session: dict[str, Any], max_age: int | None = None) -> None:
+                raise OSError("disk full")
+        with self.assertRaisesRegex(OSError, "disk full"):
+            Client(self.app(counter, store=BrokenStore())).request()
+        # Through a real server: a 500, not a 200 with the data lost.
+        with LiveServer(self.app(counter, store=BrokenStore())) as live:
+            opener, _ = browser()
+            self.assertEqual(fetch(opener, live.url + "/")[0], 500)
+
+    def test_app_exception_drops_half_made_changes(self) -> None:
+        client = Client(self.app(counter))
+        client.request()
+
+        def failing(session: Session, environ: dict[str, Any]) -> None:
+            session["views"] = 100
+            raise ValueError("boom")
+        broken = Client(self.app(failing))
+        broken.cookies = client.cookies
+        self.store.calls.clear()
+        with self.assertRaisesRegex(ValueError, "boom"):
+            broken.request()
+        self.assertEqual(self.store.kinds(), ["get"])
+        self.assertEqual(client.request().body, b"2")
+
+    def test_exception_while_streaming_drops_later_changes(self) -> None:
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            session = get_session(environ)
+            session["a"] = 1
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            yield b"x"
+            session["b"] = 2
+            raise RuntimeError("stream broke")
+        with self.assertRaisesRegex(RuntimeError, "stream broke"):
+            Client(wsgi(app, store=self.store)).request()
+        self.assertEqual(self.store.kinds(), ["set"])
+        self.assertNotIn("b", self.store.documents[-1])
+
+    def test_deliberate_error_status_is_committed(self) -> None:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            get_session(environ)["failed_attempts"] = 1
+            start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+            return [b"no"]
+        response = Client(wsgi(app, store=self.store)).request()
+        self.assertEqual(response.code, 401)
+        self.assertIsNotNone(response.session_cookie())
+        self.assertEqual(self.store.documents[-1]["failed_attempts"], 1)
+
+    def test_error_page_after_exc_info_is_committed(self) -> None:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            get_session(environ)["x"] = 1
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            try:
+                raise KeyError("oops")
+            except KeyError:
+                start_response("500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info())
+            return [b"error page"]
+        response = Client(wsgi(app, store=self.store)).request()
+        self.assertEqual(response.status, "500 Internal Server Error")
+        self.assertIsNotNone(response.session_cookie())
+
+    def test_file_wrapper_body_is_passed_through_untouched(self) -> None:
+        returned: list[Any] = []
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            get_session(environ)["downloaded"] = True
+            start_response("200 OK", [("Content-Type", "application/octet-stream")])
+            body = environ["wsgi.file_wrapper"](io.BytesIO(b"file contents"))
+            returned.append(body)
+            return body
+        middleware = wsgi(app, store=self.store)
+        env: dict[str, Any] = {}
+        setup_testing_defaults(env)
+        env["wsgi.file_wrapper"] = FileWrapper
+        headers: list[Any] = []
+        body = middleware(env, lambda status, h, exc_info=None: headers.extend(h))
+        self.assertIs(body, returned[0])
+        self.assertTrue(any(name == "Set-Cookie" for name, _ in headers))
+        self.assertEqual(b"".join(body), b"file contents")
+        self.assertEqual(self.store.documents[-1]["downloaded"], True)
+
+    def test_app_headers_and_other_set_cookies_are_kept(self) -> None:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            get_session(environ)["x"] = 1
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Set-Cookie", "theme=dark; Path=/"), ("X-App", "1")])
+            return [b"ok"]
+        response = Client(wsgi(app, store=self.store)).request()
+        self.assertIn(("X-App", "1"), response.headers)
+        self.assertEqual(len(response.set_cookies()), 2)
+        self.assertEqual(response.set_cookies()[0], "theme=dark; Path=/")
+
+    def test_one_warning_for_a_memory_store_under_a_multi_process_server(self) -> None:
+        app = wsgi(text_app(counter))
+        with self.assertLogs("bunway_session", logging.WARNING) as logs:
+            for _ in range(3):
+                Client(app).request(environ={"wsgi.multiprocess": True})
+        self.assertEqual(len(logs.records), 1)
+        self.assertIn("not shared", logs.output[0].replace("has its own sessions", "not shared"))
+
+    def test_no_warning_for_shared_stores_or_single_process(self) -> None:
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = records.append  # type: ignore[method-assign]
+        logger = logging.getLogger("bunway_session")
+        logger.addHandler(handler)
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                Client(wsgi(text_app(counter), store=FileStore(folder))).request(
+                    environ={"wsgi.multiprocess": True})
+            Client(wsgi(text_app(counter))).request()
+        finally:
+            logger.removeHandler(handler)
+        self.assertEqual(records, [])
+
+    def test_end_to_end_login_flow_through_a_real_server(self) -> None:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            session = get_session(environ)
+            path = environ["PATH_INFO"]
+            status, body = "200 OK", b""
+            if path == "/login":
+                session.regenerate()
+                session["user_id"] = 7
+                body = b"logged in"
+            elif path == "/me":
+                if "user_id" not in session:
+                    status, body = "401 Unauthorized", b"who are you"
+                else:
+                    body = str(session["user_id"]).encode()
+            elif path == "/logout":
+                session.destroy()
+                body = b"bye"
+            start_response(status, [("Content-Type", "text/plain")])
+            return [body]
+        with LiveServer(self.app(store=self.store.inner, save_uninitialized=True).__class__(
+                app, secret=SECRET, store=self.store.inner)) as live:
+            opener, jar = browser()
+            self.assertEqual(fetch(opener, live.url + "/me")[0], 401)
+            before = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertEqual(fetch(opener, live.url + "/login"), (200, "logged in"))
+            after = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertNotEqual(before, after)
+            self.assertIsNone(self.store.inner.get(sid_of("x=" + before)))
+            self.assertEqual(fetch(opener, live.url + "/me"), (200, "7"))
+            self.assertEqual(fetch(opener, live.url + "/logout"), (200, "bye"))
+            self.assertEqual(list(jar), [])  # the expired cookie removed it
+            self.assertIsNone(self.store.inner.get(sid_of("x=" + after)))
+            self.assertEqual(fetch(opener, live.url + "/me")[0], 401)
+
+
+def jar_header(client: Client) -> str:
+    return "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+
+
+def sid_of_jar(client: Client) -> str:
+    return sid_of("x=" + client.cookies["connect.sid"])
+
+
+# ---------------------------------------------------------------------------
+# §5 The session object
+# ---------------------------------------------------------------------------
+
+class TestSessionObject(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock(time.time())
+        self.store = RecordingStore(MemoryStore(now=self.clock))
+
+    def client(self, handler: Callable[..., Any], **options: Any) -> Client:
+        options.setdefault("store", self.store)
+        options.setdefault("now", self.clock)
+        return Client(wsgi(text_app(handler), **options))
+
+    def test_id_cookie_and_is_new(self) -> None:
+        seen: list[tuple[str, bool, SessionCookie]] = []
+        client = self.client(lambda s, e: seen.append((s.id, s.is_new, s.cookie)) or counter(s, e))
+        client.request()
+        client.request()
+        (first_id, first_new, cookie), (second_id, second_new, _) = seen
+        self.assertEqual((first_new, second_new), (True, False))
+        self.assertEqual(first_id, second_id)
+        self.assertEqual(first_id, sid_of_jar(client))
+        self.assertEqual((cookie.original_max_age, cookie.path, cookie.http_only, cookie.same_site),
+                         (86_400_000, "/", True, "lax"))
+
+    def test_cookie_is_a_reserved_key(self) -> None:
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            with self.assertRaisesRegex(KeyError, "reserved"):
+                session["cookie"] = 1
+            with self.assertRaisesRegex(KeyError, "reserved"):
+                session.update({"cookie": 1})
+            with self.assertRaisesRegex(TypeError, "keys must be str"):
+                session[1] = "x"  # type: ignore[index]
+            return "ok"
+        self.assertEqual(self.client(handler).request().body, b"ok")
+
+    def test_unserializable_value_fails_the_request_and_keeps_the_stored_session(self) -> None:
+        client = self.client(counter)
+        client.request()
+        before = self.store.inner.get(sid_of_jar(client))
+
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            session["views"] = 99
+            session["when"] = datetime.now()
+            return "ok"
+        bad = self.client(handler)
+        bad.cookies = client.cookies
+        with self.assertRaisesRegex(TypeError, r"session\['when'\] cannot be stored.*datetime"):
+            bad.request()
+        self.assertEqual(self.store.inner.get(sid_of_jar(client)), before)
+        nan = self.client(lambda s, e: s.update(score=float("nan")))
+        with self.assertRaisesRegex(TypeError, r"session\['score'\]"):
+            nan.request()
+
+    def test_regenerate_gives_the_same_object_a_new_id_no_data_and_a_new_cookie(self) -> None:
+        client = self.client(counter, cookie={"max_age": 60_000})
+        client.request()
+        old_id = sid_of_jar(client)
+        results: dict[str, Any] = {}
+
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            session.cookie.max_age = 5
+            session.regenerate()
+            results.update(same=session is get_session(environ), id=session.id, data=dict(session),
+                           max_age=session.cookie.original_max_age, new=session.is_new)
+            session["user"] = "alice"
+            return "ok"
+        login = self.client(handler, cookie={"max_age": 60_000})
+        login.cookies = client.cookies
+        response = login.request()
+        self.assertTrue(results["same"])
+        self.assertNotEqual(results["id"], old_id)
+        self.assertEqual((results["data"], results["max_age"], results["new"]), ({}, 60_000, True))
+        self.assertIsNone(self.store.inner.get(old_id))
+        self.assertEqual(sid_of(response.session_cookie()), results["id"])
+        self.assertEqual(self.store.inner.get(results["id"])["user"], "alice")
+
+    def test_destroy_deletes_expires_the_cookie_and_refuses_writes(self) -> None:
+        client = self.client(counter, cookie={"domain": "example.com"})
+        client.request()
+        sid = sid_of_jar(client)
+
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            session.destroy()
+            for write in (lambda: session.__setitem__("x", 1), session.save, session.touch,
+                          lambda: session.flash("info", "x"), session.clear, session.reload):
+                with self.assertRaisesRegex(RuntimeError, r"regenerate\(\)"):
+                    write()
+            return str(dict(session))
+        destroyer = self.client(handler, cookie={"domain": "example.com"})
+        destroyer.cookies = client.cookies
+        response = destroyer.request()
+        self.assertEqual(response.body, b"{}")
+        self.assertIsNone(self.store.inner.get(sid))
+        self.assertEqual(response.session_cookie(), "connect.sid=; Domain=example.com; Path=/; "
+                                                    "Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax")
+        self.assertEqual(destroyer.cookies, {})
+
+    def test_regenerate_after_destroy_starts_a_new_session(self) -> None:
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            session.destroy()
+            session.regenerate()
+            session["fresh"] = True
+            return session.id
+        response = self.client(handler).request()
+        self.assertEqual(sid_of(response.session_cookie()), response.body.decode())
+        self.assertEqual(self.store.inner.get(response.body.decode())["fresh"], True)
+
+    def test_reload_replaces_the_data_from_the_store(self) -> None:
+        client = self.client(counter)
+        client.request()
+        sid = sid_of_jar(client)
+
+        def handler(session: Session, environ: dict[str, Any]) -> Any:
+            session["views"] = 50
+            other = self.store.inner.get(sid)
+            other["views"] = 7
+            other["extra"] = "from elsewhere"
+            self.store.inner.set(sid, other)
+            session.reload()
+            return dict(session)
+        reloader = self.client(handler)
+        reloader.cookies = client.cookies
+        self.assertEqual(reloader.request().body, b"{'views': 7, 'extra': 'from elsewhere'}")
+
+    def test_reload_of_a_session_the_store_lost_is_an_error(self) -> None:
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            with self.assertRaisesRegex(LookupError, "no longer in the store"):
+                session.reload()
+            return "ok"
+        self.assertEqual(self.client(handler).request().body, b"ok")
+
+    def test_save_writes_now_and_the_end_of_request_save_is_skipped(self) -> None:
+        written: list[Any] = []
+
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            session["step"] = 1
+            session.save()
+            written.append(self.store.inner.get(session.id)["step"])
+            return "ok"
+        self.client(handler).request()
+        self.assertEqual(written, [1])
+        self.assertEqual(self.store.kinds(), ["set"])
+
+        def changes_again(session: Session, environ: dict[str, Any]) -> str:
+            session["step"] = 1
+            session.save()
+            session["step"] = 2
+            return "ok"
+        self.store.calls.clear()
+        response = self.client(changes_again).request()
+        self.assertEqual(self.store.kinds(), ["set", "set"])
+        self.assertEqual(self.store.inner.get(sid_of(response.session_cookie()))["step"], 2)
+
+    def test_touch_and_max_age_remember_me(self) -> None:
+        seen: list[Any] = []
+
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            cookie = session.cookie
+            seen.append(cookie.max_age)
+            self.clock.advance(10_000)
+            seen.append(cookie.max_age)
+            session.touch()
+            seen.append(cookie.max_age)
+            cookie.max_age = timedelta(days=30)
+            seen.append((cookie.max_age, cookie.original_max_age))
+            return "ok"
+        response = self.client(handler).request()
+        self.assertEqual(seen, [86_400_000, 86_390_000, 86_400_000, (2_592_000_000, 2_592_000_000)])
+        self.assertIn(bs._http_date(int(self.clock() * 1000) + 2_592_000_000), response.session_cookie())
+
+    def test_cookie_expires_is_settable_and_must_be_aware(self) -> None:
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            with self.assertRaisesRegex(TypeError, "timezone-aware"):
+                session.cookie.expires = datetime(2030, 1, 1)
+            session.cookie.expires = datetime.fromtimestamp(self.clock() + 3600, UTC)
+            return str(session.cookie.original_max_age)
+        self.assertEqual(self.client(handler).request().body, b"3600000")
+
+    def test_session_dict_methods(self) -> None:
+        def handler(session: Session, environ: dict[str, Any]) -> Any:
+            session.update({"a": 1}, b=2)
+            session.setdefault("c", 3)
+            session |= {"d": 4}
+            del session["a"]
+            popped = session.pop("b")
+            return (popped, dict(session), repr(session).startswith("Session(id="))
+        self.assertEqual(self.client(handler).request().body, b"(2, {'c': 3, 'd': 4}, True)")
+
+
+class TestFlash(unittest.TestCase):
+    def test_flash_add_read_and_clear(self) -> None:
+        results: list[Any] = []
+
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            results.append(session.flash("info", "saved"))
+            results.append(session.flash("info", ["one", "two"]))
+            results.append(session.flash("error", "bad"))
+            results.append(json.loads(json.dumps(session)))
+            results.append(session.flash("info"))
+            results.append(session.flash("info"))
+            results.append(session.flash("missing"))
+            results.append(session.flash())
+            results.append(session.flash())
+            results.append("flash" in session)
+            return "ok"
+        Client(wsgi(text_app(handler))).request()
+        self.assertEqual(results, [
+            1, 3, 1, {"flash": {"info": ["saved", "one", "two"], "error": ["bad"]}},
+            ["saved", "one", "two"], [], [], {"error": ["bad"]}, {}, False])
+
+    def test_flash_survives_a_redirect_and_is_shown_once(self) -> None:
+        def handler(session: Session, environ: dict[str, Any]) -> Any:
+            if environ["PATH_INFO"] == "/post":
+                return session.flash("info", "Saved!")
+            return session.flash("info")
+        client = Client(wsgi(text_app(handler)))
+        self.assertEqual(client.request("/post").body, b"1")
+        self.assertEqual(client.request("/show").body, b"['Saved!']")
+        self.assertEqual(client.request("/show").body, b"[]")
+
+    def test_flash_message_must_be_text(self) -> None:
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            with self.assertRaisesRegex(TypeError, "str or a list of str"):
+                session.flash("info", 42)  # type: ignore[arg-type]
+            return "ok"
+        self.assertEqual(Client(wsgi(text_app(handler))).request().body, b"ok")
+
+    def test_flash_reads_connect_flash_messages_and_tolerates_garbage(self) -> None:
+        store = MemoryStore()
+        document = json.loads(EXPRESS_DOCUMENT)
+        store.set("node-flash", document)
+        client = Client(wsgi(text_app(lambda s, e: s.flash("info")), store=store))
+        client.cookies["connect.sid"] = urllib.parse.quote("s:" + sign("node-flash", SECRET))
+        self.assertEqual(client.request().body, b"['hi']")
+        self.assertNotIn("flash", store.get("node-flash"))
+        document["flash"] = "not a dict"
+        store.set("node-flash", document)
+        self.assertEqual(client.request().body, b"[]")
+
+
+# ---------------------------------------------------------------------------
+# §6 Stores: MemoryStore
+# ---------------------------------------------------------------------------
+
+def document_expiring_at(ms: int | None, **data: Any) -> dict[str, Any]:
+    cookie = {"originalMaxAge": None if ms is None else 60_000,
+              "expires": None if ms is None else bs._iso_ms(ms), "httpOnly": True, "path": "/"}
+    return {"cookie": cookie, **data}
+
+
+class TestMemoryStore(unittest.TestCase):
+    def test_round_trip_keeps_json_not_live_objects(self) -> None:
+        store = MemoryStore()
+        document = document_expiring_at(int(time.time() * 1000) + 60_000, items=[1, 2])
+        store.set("a", document)
+        document["items"].append(3)
+        loaded = store.get("a")
+        self.assertEqual(loaded["items"], [1, 2])
+        loaded["items"].append(4)
+        self.assertEqual(store.get("a")["items"], [1, 2])
+        self.assertEqual(loaded["cookie"]["expires"], document["cookie"]["expires"])
+
+    def test_expired_sessions_are_never_returned(self) -> None:
+        clock = Clock()
+        store = MemoryStore(now=clock)
+        store.set("a", document_expiring_at(int(clock() * 1000) + 1000))
+        store.set("b", document_expiring_at(None), None)
+        clock.advance(999)
+        self.assertIsNotNone(store.get("a"))
+        clock.advance(1)
+        self.assertIsNone(store.get("a"))
+        self.assertIsNotNone(store.get("b"))
+        clock.advance(86_400_000)  # a browser-session cookie's session lives `ttl` after its last write
+        self.assertIsNone(store.get("b"))
+
+    def test_touch_extends_without_writing_data(self) -> None:
+        clock = Clock()
+        store = MemoryStore(now=clock)
+        now = int(clock() * 1000)
+        store.set("a", document_expiring_at(now + 1000, v=1))
+        stale = document_expiring_at(now + 5000, v="stale copy")
+        self.assertTrue(store.touch("a", stale))
+        clock.advance(2000)
+        self.assertEqual(store.get("a")["v"], 1)
+        self.assertEqual(store.get("a")["cookie"]["expires"], bs._iso_ms(now + 5000))
+        self.assertFalse(store.touch("missing", stale))
+
+    def test_expired_sessions_are_pruned_without_the_app_calling_anything(self) -> None:
+        clock = Clock()
+        store = MemoryStore(now=clock)
+        now = int(clock() * 1000)
+        for i in range(100):
+            store.set(f"old{i}", document_expiring_at(now + 1000))
+        clock.advance(5000)
+        for i in range(20):  # each new session prunes a few expired ones
+            store.set(f"new{i}", document_expiring_at(now + 60_000))
+        self.assertEqual(len(store._entries), 20)
+        self.assertEqual((store.size, store.length()), (20, 20))
+
+    def test_size_length_all_clear(self) -> None:
+        store = MemoryStore()
+        now = int(time.time() * 1000)
+        store.set("a", document_expiring_at(now + 60_000, v=1))
+        store.set("b", document_expiring_at(now + 60_000, v=2))
+        self.assertEqual((store.size, store.length()), (2, 2))
+        self.assertEqual({sid: doc["v"] for sid, doc in store.all().items()}, {"a": 1, "b": 2})
+        store.destroy("a")
+        store.destroy("never existed")
+        self.assertEqual(store.length(), 1)
+        store.clear()
+        self.assertEqual((store.size, store.all()), (0, {}))
+
+    def test_update_applies_only_the_given_keys(self) -> None:
+        store = MemoryStore()
+        now = int(time.time() * 1000)
+        store.set("a", document_expiring_at(now + 60_000, x=1, y=1, z=1))
+        cookie = document_expiring_at(now + 90_000)["cookie"]
+        self.assertTrue(store.update("a", {"y": 2}, ["z"], cookie))
+        self.assertEqual({k: v for k, v in store.get("a").items() if k != "cookie"}, {"x": 1, "y": 2})
+        self.assertEqual(store.get("a")["cookie"]["expires"], cookie["expires"])
+        self.assertFalse(store.update("missing", {"y": 2}, [], cookie))
+        self.assertIsNone(store.get("missing"))
+
+    def test_threads_do_not_corrupt_the_store(self) -> None:
+        store = MemoryStore()
+        now = int(time.time() * 1000)
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def work(n: int) -> None:
+            try:
+                barrier.wait(10)
+                for i in range(300):
+                    store.set(f"s{n}-{i % 10}", document_expiring_at(now + 60_000, n=n, i=i))
+                    loaded = store.get(f"s{n}-{i % 10}")
+                    assert loaded is not None and loaded["n"] == n
+                    store.touch(f"s{n}-{i % 10}", loaded)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        self.assertEqual(errors, [])
+        self.assertEqual(store.length(), 80)
+
+
+# ---------------------------------------------------------------------------
+# §7 Bad input
+# ---------------------------------------------------------------------------
+
+class TestBadInput(unittest.TestCase):
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+        self.app = wsgi(text_app(counter), store=self.store)
+        owner = Client(self.app)
+        owner.request()
+        owner.request()
+        self.cookie = owner.cookies["connect.sid"]
+        self.sid = sid_of("x=" + self.cookie)
+
+    def assert_fresh_session(self, cookie_header: str) -> None:
+        response = Client(self.app).request(cookie=cookie_header)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.body, b"1", cookie_header)
+        self.assertNotEqual(sid_of(response.session_cookie()), self.sid)
+        self.assertEqual(self.store.get(self.sid)["views"], 2)
+
+    def test_invalid_session_cookies_give_a_new_session(self) -> None:
+        signed = urllib.parse.unquote(self.cookie)
+
+        def flip(text: str) -> str:  # change the last character, whatever it is
+            return text[:-1] + ("A" if text[-1] != "A" else "B")
+        for value in [
+            flip(signed),                                         # tampered signature
+            "s:" + flip(self.sid) + signed[len(self.sid) + 2:],   # tampered ID
+            self.sid,                                             # unsigned
+            "s:" + self.sid,                                      # prefix but no signature
+            signed[: len(signed) // 2],                           # truncated
+            "",                                                   # empty
+            "s:" + "A" * 10_000 + "." + "B" * 43,                 # oversized
+            "s%3G" + self.cookie[4:],                             # badly percent-encoded
+            "s%E2%3A" + self.cookie[4:],                          # percent-encoded bad UTF-8
+            "%ZZ%" + self.cookie,
+            urllib.parse.quote("s:" + sign(self.sid, "another secret")),  # another app's secret
+            '"' + self.cookie,                                    # a stray quote
+        ]:
+            with self.subTest(value=value[:40]):
+                self.assert_fresh_session(f"connect.sid={value}")
+
+    def test_unknown_id_is_never_adopted(self) -> None:
+        chosen = "attacker-chosen-id"
+        response = Client(self.app).request(cookie="connect.sid=" + urllib.parse.quote("s:" + sign(chosen, SECRET)))
+        new_id = sid_of(response.session_cookie())
+        self.assertNotEqual(new_id, chosen)
+        self.assertIsNone(self.store.get(chosen))
+
+    def test_the_first_session_cookie_counts(self) -> None:
+        other = Client(self.app)
+        other.request()
+        response = Client(self.app).request(cookie=f"connect.sid={self.cookie}; connect.sid={other.cookies['connect.sid']}")
+        self.assertEqual(response.body, b"3")
+        response = Client(self.app).request(cookie=f"connect.sid=garbage; connect.sid={self.cookie}")
+        self.assertEqual(response.body, b"1")
+
+    def test_malformed_neighbours_do_not_hide_the_session_cookie(self) -> None:
+        for header in [
+            f'a="unterminated; connect.sid={self.cookie}',
+            f'json={{"a": [1, 2]}}; noequals; connect.sid={self.cookie}',
+            f'sp ace=1; =; ;;; connect.sid={self.cookie}; after=1',
+            f'q="x y"; connect.sid="{self.cookie}"',
+            f'ü=€; connect.sid={self.cookie}',
+        ]:
+            with self.subTest(header=header[:30]):
+                response = Client(self.app).request(cookie=header)
+                self.assertEqual(response.body, b"3")
+                self.store.set(self.sid, {**self.store.get(self.sid), "views": 2})
+
+    def test_garbage_in_the_store_gives_a_new_session(self) -> None:
+        class GarbageStore(RecordingStore):
+            def get(self, sid: str) -> Any:
+                return {"cookie": {"expires": "not a date"}, "views": 5}
+        response = Client(wsgi(text_app(counter), store=GarbageStore())).request(
+            cookie="connect.sid=" + self.cookie)
+        self.assertEqual(response.body, b"1")
+        self.assertNotEqual(sid_of(response.session_cookie()), self.sid)
+
+    def test_a_huge_cookie_header_is_handled(self) -> None:
+        header = "; ".join(f"c{i}=v{i}" for i in range(5000)) + f"; connect.sid={self.cookie}"
+        self.assertEqual(Client(self.app).request(cookie=header).body, b"3")
+
+
+if __name__ == "__main__":
+    unittest.main()
