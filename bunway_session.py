@@ -1006,7 +1006,7 @@ class FileStore:
         path = entry.path
         if self._is_temp(entry.name):
             try:
-                stale = entry.stat().st_mtime * 1000 + _STALE_TEMP_MS <= time.time() * 1000
+                stale = entry.stat().st_mtime * 1000 + _STALE_TEMP_MS <= now_ms
             except FileNotFoundError:
                 return 0
             return _unlink_quietly(path) if stale else 0

@@ -11,7 +11,10 @@ import http.cookiejar
 import io
 import json
 import logging
+import multiprocessing
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -96,7 +99,7 @@ class Client:
                 headers: dict[str, str] | None = None) -> Response:
         env: dict[str, Any] = {}
         setup_testing_defaults(env)
-        env["PATH_INFO"], env["REQUEST_METHOD"] = path, method
+        env["PATH_INFO"], env["REQUEST_METHOD"], env["QUERY_STRING"] = path, method, ""
         if https:
             env["wsgi.url_scheme"] = "https"
         if cookie is None and self.cookies:
@@ -1365,6 +1368,579 @@ class TestBadInput(unittest.TestCase):
     def test_a_huge_cookie_header_is_handled(self) -> None:
         header = "; ".join(f"c{i}=v{i}" for i in range(5000)) + f"; connect.sid={self.cookie}"
         self.assertEqual(Client(self.app).request(cookie=header).body, b"3")
+
+
+# ---------------------------------------------------------------------------
+# §6 Stores: FileStore
+# ---------------------------------------------------------------------------
+
+# Written by the npm package session-file-store 1.5.0 under express-session 1.19.0:
+#   new FileStore({path}), genid: () => 'nodeFileSession_0123456789abcdef', cookie: {maxAge:
+#   86400000, sameSite: 'lax'}, a route setting views = 3, user = {name: 'Zoë', roles: ['a', 'b']},
+#   flash = {info: ['saved']}; this is the file's whole text, and the response's Set-Cookie.
+NODE_FILE_SID = "nodeFileSession_0123456789abcdef"
+NODE_FILE = ('{"cookie":{"originalMaxAge":86400000,"expires":"2026-11-27T20:44:52.775Z","httpOnly":true,'
+             '"path":"/","sameSite":"lax"},"views":3,"user":{"name":"Zoë","roles":["a","b"]},'
+             '"flash":{"info":["saved"]},"__lastAccess":1795725892776}')
+NODE_FILE_SET_COOKIE = ("connect.sid=s%3AnodeFileSession_0123456789abcdef.5MuITHFSVHwtNN3Ot1fjLLBZJF3fX"
+                        "%2B3902UwRgMxdgk; Path=/; Expires=Fri, 27 Nov 2026 20:44:52 GMT; HttpOnly; SameSite=Lax")
+NODE_FILE_WRITTEN = 1_795_725_892.776
+
+
+def big_document(n: int, expires_ms: int) -> dict[str, Any]:
+    """A document whose keys all hold n: a reader that sees a mix of two writes notices."""
+    return document_expiring_at(expires_ms, **{f"k{i}": [n] * 50 for i in range(40)})
+
+
+def consistent(document: dict[str, Any] | None) -> bool:
+    if document is None:
+        return False
+    values = {json.dumps(v) for k, v in document.items() if k.startswith("k")}
+    return len(values) == 1
+
+
+def hammer_file_store(folder: str, worker: int, rounds: int, start: Any) -> None:
+    """In a child process: write and read one shared session, failing on any partial read."""
+    store = FileStore(folder)
+    start.wait(30)
+    expires = int(time.time() * 1000) + 600_000
+    for i in range(rounds):
+        store.set("shared", big_document(worker * 1000 + i, expires))
+        if not consistent(store.get("shared")):
+            raise SystemExit(3)
+
+
+def crash_in_the_middle_of_a_write(folder: str, ready: str) -> None:
+    """In a child process: write half of a session file, say so, and wait to be killed."""
+    store = FileStore(folder)
+    real_write = os.write
+
+    def half_then_hang(fd: int, data: Any) -> int:
+        written = real_write(fd, bytes(data[: len(data) // 2]))
+        with open(ready, "w"):
+            pass
+        time.sleep(60)
+        return written
+    os.write = half_then_hang  # type: ignore[assignment]
+    store.set("victim", big_document(2, int(time.time() * 1000) + 3_600_000))
+
+
+def write_until_killed(folder: str) -> None:
+    store = FileStore(folder)
+    expires = int(time.time() * 1000) + 3_600_000
+    for i in range(100_000):
+        store.set(f"s{i % 5}", big_document(i, expires))
+
+
+def write_past_the_file_size_limit(folder: str) -> None:
+    """In a child process: RLIMIT_FSIZE makes the write fail (as a full disk would)."""
+    import resource
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    store = FileStore(folder)
+    try:
+        store.set("victim", big_document(2, int(time.time() * 1000) + 600_000))
+    except OSError:
+        raise SystemExit(0) from None
+    raise SystemExit(5)  # the write should have failed
+
+
+def spawn(target: Callable[..., Any], *args: Any) -> Any:
+    process = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    process.start()
+    return process
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.01)
+
+
+class TestFileStore(unittest.TestCase):
+    def setUp(self) -> None:
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.clock = Clock(time.time())
+        self.store = FileStore(self.folder, now=self.clock)
+
+    def files(self) -> list[str]:
+        return sorted(os.listdir(self.folder))
+
+    def test_file_name_and_json_shape_match_session_file_store(self) -> None:
+        app = wsgi(text_app(counter), store=self.store, now=self.clock)
+        response = Client(app).request()
+        sid = sid_of(response.session_cookie())
+        self.assertEqual(self.files(), [sid + ".json"])
+        with open(os.path.join(self.folder, sid + ".json"), encoding="utf-8") as file:
+            text = file.read()
+        now_ms = int(self.clock() * 1000)
+        self.assertEqual(text, bs._dumps({
+            "cookie": {"originalMaxAge": 86_400_000, "expires": bs._iso_ms(now_ms + 86_400_000),
+                       "secure": False, "httpOnly": True, "path": "/", "sameSite": "lax"},
+            "views": 1, "__lastAccess": now_ms}))
+        self.assertEqual(os.stat(os.path.join(self.folder, sid + ".json")).st_mode & 0o777, 0o600)
+
+    def test_folder_is_created_private(self) -> None:
+        folder = os.path.join(self.folder, "a", "b")
+        FileStore(folder)
+        self.assertEqual(os.stat(folder).st_mode & 0o777, 0o700)
+
+    def test_reads_a_file_written_by_session_file_store(self) -> None:
+        with open(os.path.join(self.folder, NODE_FILE_SID + ".json"), "w", encoding="utf-8") as file:
+            file.write(NODE_FILE)
+        clock = Clock(NODE_FILE_WRITTEN)
+        store = FileStore(self.folder, now=clock)
+        self.assertEqual(store.get(NODE_FILE_SID)["user"], {"name": "Zoë", "roles": ["a", "b"]})
+        self.assertNotIn("__lastAccess", store.get(NODE_FILE_SID))
+        app = wsgi(text_app(counter), store=store, now=clock, resave=False)
+        client = Client(app)
+        client.cookies["connect.sid"] = NODE_FILE_SET_COOKIE.split(";")[0].split("=", 1)[1]
+        response = client.request()
+        self.assertEqual(response.body, b"4")
+        self.assertEqual(response.session_cookie(), NODE_FILE_SET_COOKIE)  # the same cookie, byte for byte
+        with open(os.path.join(self.folder, NODE_FILE_SID + ".json"), encoding="utf-8") as file:
+            written = json.load(file)
+        self.assertEqual((written["views"], written["user"]["name"], written["__lastAccess"]),
+                         (4, "Zoë", 1_795_725_892_776))
+
+    def test_expiry_by_cookie_expires(self) -> None:
+        now = int(self.clock() * 1000)
+        self.store.set("a", document_expiring_at(now + 1000))
+        self.clock.advance(999)
+        self.assertIsNotNone(self.store.get("a"))
+        self.clock.advance(1)
+        self.assertIsNone(self.store.get("a"))
+        self.assertEqual(self.files(), ["a.json"], "get must not delete: another process may be rewriting it")
+
+    def test_expiry_by_ttl_when_the_cookie_has_no_expiry(self) -> None:
+        store = FileStore(self.folder, ttl=60_000, now=self.clock)
+        store.set("a", document_expiring_at(None))
+        self.clock.advance(59_999)
+        self.assertIsNotNone(store.get("a"))
+        self.clock.advance(1)
+        self.assertIsNone(store.get("a"))
+
+    def test_reap_deletes_expired_files_and_stale_temporary_files_only(self) -> None:
+        now = int(self.clock() * 1000)
+        self.store.set("old", document_expiring_at(now + 1000))
+        self.store.set("live", document_expiring_at(now + 3_600_000))
+        for name in (".old.json.0123456789ab.tmp", "notes.txt", "foreign.json.bak"):
+            with open(os.path.join(self.folder, name), "w") as file:
+                file.write("x")
+        self.clock.advance(2000)
+        self.assertEqual(self.store.reap(), 1)
+        self.assertEqual(self.files(), [".old.json.0123456789ab.tmp", "foreign.json.bak", "live.json", "notes.txt"])
+        self.clock.advance(bs._STALE_TEMP_MS + 60_000)
+        self.assertEqual(self.store.reap(), 1)
+        self.assertEqual(self.files(), ["foreign.json.bak", "live.json", "notes.txt"])
+
+    def test_expired_files_are_reaped_by_writes_a_few_at_a_time(self) -> None:
+        store = FileStore(self.folder, reap_interval=60_000, now=self.clock)
+        now = int(self.clock() * 1000)
+        for i in range(40):
+            store.set(f"old{i}", document_expiring_at(now + 1000))
+        self.clock.advance(120_000)
+        store.set("new0", document_expiring_at(now + 3_600_000))
+        remaining = len(self.files())
+        self.assertGreater(remaining, 41 - bs._REAP_BATCH - 1)  # one write does a bounded amount
+        for i in range(1, 10):
+            store.set(f"new{i}", document_expiring_at(now + 3_600_000))
+        self.assertEqual(self.files(), sorted(f"new{i}.json" for i in range(10)))
+
+    def test_unsafe_ids_are_refused_and_not_found(self) -> None:
+        document = document_expiring_at(int(self.clock() * 1000) + 60_000)
+        outside = os.path.join(os.path.dirname(self.folder), "escaped.json")
+        for sid in ("../escaped", "a/b", "a\\b", "..", ".hidden", "nul\x00byte", "tab\tid", "x" * 300, "", "c:d"):
+            with self.subTest(sid=sid):
+                with self.assertRaisesRegex(ValueError, "refuses session ID"):
+                    self.store.set(sid, document)
+                self.assertIsNone(self.store.get(sid))
+                self.store.destroy(sid)
+                self.assertFalse(self.store.touch(sid, document))
+        self.assertFalse(os.path.exists(outside))
+        self.assertEqual(self.files(), [])
+        # Through the middleware, a cookie naming such an ID is just an unknown session.
+        app = wsgi(text_app(counter), store=self.store)
+        response = Client(app).request(cookie="connect.sid=" + urllib.parse.quote("s:" + sign("../escaped", SECRET)))
+        self.assertEqual(response.body, b"1")
+
+    def test_corrupt_or_foreign_files_read_as_no_session(self) -> None:
+        app = wsgi(text_app(counter), store=self.store, now=self.clock)
+        for name, content in [("empty", ""), ("truncated", NODE_FILE[:60]), ("notjson", "hello"),
+                              ("array", "[1, 2]"), ("nocookie", '{"views": 5}'), ("binary", "\udcff")]:
+            with self.subTest(name=name):
+                with open(os.path.join(self.folder, name + ".json"), "w", encoding="utf-8",
+                          errors="surrogateescape") as file:
+                    file.write(content)
+                self.assertIsNone(self.store.get(name))
+                response = Client(app).request(cookie="connect.sid=" + urllib.parse.quote("s:" + sign(name, SECRET)))
+                self.assertEqual((response.code, response.body), (200, b"1"))
+
+    def test_touch_moves_expiry_without_writing_data(self) -> None:
+        store = FileStore(self.folder, touch_after=0, now=self.clock)
+        now = int(self.clock() * 1000)
+        store.set("a", document_expiring_at(now + 60_000, v="current"))
+        self.clock.advance(10_000)
+        stale = document_expiring_at(int(self.clock() * 1000) + 60_000, v="stale copy")
+        self.assertTrue(store.touch("a", stale))
+        with open(os.path.join(self.folder, "a.json"), encoding="utf-8") as file:
+            written = json.load(file)
+        self.assertEqual((written["v"], written["__lastAccess"], written["cookie"]["expires"]),
+                         ("current", int(self.clock() * 1000), stale["cookie"]["expires"]))
+        self.assertFalse(store.touch("missing", stale))
+        self.assertEqual(self.files(), ["a.json"])
+
+    def test_touch_within_the_tolerance_does_not_rewrite(self) -> None:
+        now = int(self.clock() * 1000)
+        self.store.set("a", document_expiring_at(now + 60_000, v=1))
+        path = os.path.join(self.folder, "a.json")
+        before = os.stat(path).st_ino
+        self.clock.advance(590)   # 1% of the 60 s max age is 600 ms
+        self.assertTrue(self.store.touch("a", document_expiring_at(int(self.clock() * 1000) + 60_000)))
+        self.assertEqual(os.stat(path).st_ino, before)
+        self.clock.advance(20)
+        self.assertTrue(self.store.touch("a", document_expiring_at(int(self.clock() * 1000) + 60_000)))
+        self.assertNotEqual(os.stat(path).st_ino, before)
+
+    def test_destroy_length_all_clear(self) -> None:
+        now = int(self.clock() * 1000)
+        self.store.set("a", document_expiring_at(now + 60_000, v=1))
+        self.store.set("b", document_expiring_at(now + 60_000, v=2))
+        self.store.set("gone", document_expiring_at(now + 10))
+        with open(os.path.join(self.folder, "keep.txt"), "w") as file:
+            file.write("not ours")
+        self.clock.advance(100)
+        self.assertEqual(self.store.length(), 2)
+        self.assertEqual({sid: doc["v"] for sid, doc in self.store.all().items()}, {"a": 1, "b": 2})
+        self.store.destroy("a")
+        self.store.destroy("never existed")
+        self.assertEqual(self.store.length(), 1)
+        self.store.clear()
+        self.assertEqual(self.files(), ["keep.txt"])
+
+    def test_fsync_option_flushes_each_write(self) -> None:
+        from unittest import mock
+        store = FileStore(self.folder, fsync=True, now=self.clock)
+        with mock.patch("os.fsync", wraps=os.fsync) as fsync:
+            store.set("a", document_expiring_at(int(self.clock() * 1000) + 60_000))
+            self.store.set("b", document_expiring_at(int(self.clock() * 1000) + 60_000))
+        self.assertEqual(fsync.call_count, 1)
+
+    def test_bad_options(self) -> None:
+        for options, message in [({"ttl": 0}, "ttl must be a positive"), ({"touch_after": -1}, "touch_after"),
+                                 ({"reap_interval": "1h"}, "ttl must be milliseconds")]:
+            with self.subTest(options=options), self.assertRaisesRegex((TypeError, ValueError), message):
+                FileStore(self.folder, **options)
+
+    def test_threads_never_read_a_partial_document(self) -> None:
+        expires = int(time.time() * 1000) + 600_000
+        self.store.set("shared", big_document(0, expires))
+        barrier = threading.Barrier(6)
+        bad: list[Any] = []
+
+        def writer(n: int) -> None:
+            barrier.wait(10)
+            for i in range(60):
+                self.store.set("shared", big_document(n * 1000 + i, expires))
+
+        def reader_thread() -> None:
+            barrier.wait(10)
+            for _ in range(150):
+                document = self.store.get("shared")
+                if not consistent(document):
+                    bad.append(document)
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
+        threads += [threading.Thread(target=reader_thread) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        self.assertEqual(bad, [])
+        self.assertEqual([name for name in self.files() if name.endswith(".tmp")], [])
+
+    def test_processes_never_read_a_partial_document(self) -> None:
+        start = multiprocessing.get_context("spawn").Event()
+        processes = [spawn(hammer_file_store, self.folder, n, 80, start) for n in range(3)]
+        start.set()
+        for process in processes:
+            process.join(60)
+        self.assertEqual([process.exitcode for process in processes], [0, 0, 0])
+        self.assertTrue(consistent(FileStore(self.folder).get("shared")))
+
+    def test_a_writer_killed_mid_write_leaves_the_old_file_and_reap_removes_its_leftover(self) -> None:
+        expires = int(time.time() * 1000) + 3_600_000
+        self.store.set("victim", big_document(1, expires))
+        ready = os.path.join(self.folder, "ready.flag")
+        process = spawn(crash_in_the_middle_of_a_write, self.folder, ready)
+        try:
+            wait_for(lambda: os.path.exists(ready))
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            process.join(10)
+        temporary = [name for name in self.files() if name.endswith(".tmp")]
+        self.assertEqual(len(temporary), 1)
+        self.assertEqual(self.store.get("victim")["k0"], [1] * 50)  # the old version, whole
+        self.clock.advance(bs._STALE_TEMP_MS + 60_000)
+        self.assertEqual(self.store.reap(), 1)
+        self.assertEqual(self.files(), ["ready.flag", "victim.json"])
+
+    def test_a_writer_killed_at_any_moment_leaves_only_whole_files(self) -> None:
+        process = spawn(write_until_killed, self.folder)
+        try:
+            wait_for(lambda: len([n for n in os.listdir(self.folder) if n.endswith(".json")]) >= 5)
+            time.sleep(0.05)
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            process.join(10)
+        for name in self.files():
+            if name.endswith(".json"):
+                self.assertTrue(consistent(self.store.get(name[:-5])), name)
+        self.clock.advance(bs._STALE_TEMP_MS + 60_000)
+        self.store.reap()
+        self.assertEqual([name for name in self.files() if not name.endswith(".json")], [])
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "RLIMIT_FSIZE behaviour is Linux's")
+    def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(self) -> None:
+        self.store.set("victim", document_expiring_at(int(time.time() * 1000) + 600_000, v="old"))
+        process = spawn(write_past_the_file_size_limit, self.folder)
+        process.join(60)
+        self.assertEqual(process.exitcode, 0)
+        self.assertEqual(self.files(), ["victim.json"])
+        self.assertEqual(self.store.get("victim")["v"], "old")
+
+
+# ---------------------------------------------------------------------------
+# §6 Stores: RedisStore, against a real redis-server
+# ---------------------------------------------------------------------------
+
+class RedisServer:
+    """A private redis-server on a free loopback port (or REDIS_URL), started once for the
+    module; Redis tests are skipped when neither redis-py nor a server is available,
+    unless BUNWAY_REQUIRE_REDIS=1 (CI), where that is a failure."""
+
+    process: subprocess.Popen[bytes] | None = None
+    folder: str | None = None
+    url: str | None = None
+    reason = ""
+
+    @classmethod
+    def client(cls) -> Any:
+        if cls.url is None and not cls.reason:
+            cls.start()
+        if cls.url is None:
+            if os.environ.get("BUNWAY_REQUIRE_REDIS") == "1":
+                raise AssertionError("BUNWAY_REQUIRE_REDIS=1 but Redis is unavailable: " + cls.reason)
+            raise unittest.SkipTest(cls.reason)
+        import redis
+        return redis.Redis.from_url(cls.url)
+
+    @classmethod
+    def start(cls) -> None:
+        try:
+            import redis
+        except ImportError:
+            cls.reason = "redis-py is not installed (pip install redis)"
+            return
+        if os.environ.get("REDIS_URL"):
+            cls.url = os.environ["REDIS_URL"]
+            return
+        binary = shutil.which("redis-server")
+        if binary is None:
+            cls.reason = "redis-server is not installed and REDIS_URL is not set"
+            return
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        cls.folder = tempfile.mkdtemp()
+        cls.process = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+             "--dir", cls.folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or cls.process.poll() is not None:
+                    cls.reason = "redis-server did not start"
+                    cls.stop()
+                    return
+                time.sleep(0.05)
+        cls.url = url
+
+    @classmethod
+    def version(cls) -> str:
+        return str(cls.client().info()["redis_version"])
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.process is not None:
+            cls.process.terminate()
+            cls.process.wait(10)
+            cls.process = None
+        if cls.folder:
+            shutil.rmtree(cls.folder, True)
+            cls.folder = None
+
+
+def tearDownModule() -> None:
+    RedisServer.stop()
+
+
+# Written by the npm package connect-redis 7.1.1 (with redis 4) under express-session 1.19.0:
+#   new RedisStore({client}), genid: () => 'nodeRedisSession_0123456789abcde', cookie: {maxAge:
+#   3600500}, a route setting views = 3: the key's value, TTL 3601 s, and the Set-Cookie.
+NODE_REDIS_SID = "nodeRedisSession_0123456789abcde"
+NODE_REDIS_VALUE = ('{"cookie":{"originalMaxAge":3600500,"expires":"2026-11-26T21:44:56.832Z","httpOnly":true,'
+                    '"path":"/"},"views":3}')
+NODE_REDIS_SET_COOKIE = ("connect.sid=s%3AnodeRedisSession_0123456789abcde.RpQhV5ClPWmxVUAGLqYL6dhxjfGcncy03KdsntM8zwU; "
+                         "Path=/; Expires=Thu, 26 Nov 2026 21:44:56 GMT; HttpOnly")
+NODE_REDIS_WRITTEN = 1_795_725_896.332   # expires - maxAge
+
+
+class RedisTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.redis = RedisServer.client()
+        self.prefix = f"test:{self.id().rsplit('.', 1)[-1]}:"
+        self.addCleanup(self.cleanup)
+        self.clock = Clock(time.time())
+        self.store = RedisStore(self.redis, prefix=self.prefix, now=self.clock)
+
+    def cleanup(self) -> None:
+        keys = list(self.redis.scan_iter(match=self.prefix + "*"))
+        if keys:
+            self.redis.delete(*keys)
+        self.redis.close()
+
+
+class TestRedisStore(RedisTestCase):
+    def test_key_value_and_ttl_as_connect_redis_writes_them(self) -> None:
+        app = wsgi(text_app(counter), store=self.store, now=self.clock, cookie={"max_age": 3_600_500})
+        response = Client(app).request()
+        sid = sid_of(response.session_cookie())
+        key = self.prefix + sid
+        now_ms = int(self.clock() * 1000)
+        self.assertEqual(self.redis.get(key).decode(), bs._dumps({
+            "cookie": {"originalMaxAge": 3_600_500, "expires": bs._iso_ms(now_ms + 3_600_500), "secure": False,
+                       "httpOnly": True, "path": "/", "sameSite": "lax"}, "views": 1}))
+        self.assertTrue(3_599_000 < self.redis.pttl(key) <= 3_601_000, self.redis.pttl(key))  # 3601 s: rounded up
+
+    def test_default_prefix_and_ttl_for_a_browser_session_cookie(self) -> None:
+        store = RedisStore(self.redis, now=self.clock)
+        self.assertEqual((store.prefix, store.ttl), ("sess:", 86_400_000))
+        store.prefix = self.prefix
+        store.set("a", document_expiring_at(None, v=1))
+        self.assertTrue(86_399_000 < self.redis.pttl(self.prefix + "a") <= 86_400_000)
+
+    def test_reads_a_session_written_by_connect_redis(self) -> None:
+        self.redis.set(self.prefix + NODE_REDIS_SID, NODE_REDIS_VALUE, ex=3601)
+        clock = Clock(NODE_REDIS_WRITTEN)
+        store = RedisStore(self.redis, prefix=self.prefix, now=clock)
+        app = wsgi(text_app(counter), store=store, now=clock, resave=False)
+        client = Client(app)
+        client.cookies["connect.sid"] = NODE_REDIS_SET_COOKIE.split(";")[0].split("=", 1)[1]
+        response = client.request()
+        self.assertEqual(response.body, b"4")
+        self.assertEqual(response.session_cookie(), NODE_REDIS_SET_COOKIE)
+        self.assertEqual(json.loads(self.redis.get(self.prefix + NODE_REDIS_SID))["views"], 4)
+
+    def test_touch_extends_the_ttl_and_never_writes_data(self) -> None:
+        now = int(self.clock() * 1000)
+        self.store.set("a", document_expiring_at(now + 10_000, v="current"))
+        stale = document_expiring_at(now + 500_000, v="stale copy")
+        self.assertTrue(self.store.touch("a", stale))
+        self.assertEqual(json.loads(self.redis.get(self.prefix + "a"))["v"], "current")
+        self.assertTrue(499_000 < self.redis.pttl(self.prefix + "a") <= 500_000)
+        self.assertFalse(self.store.touch("missing", stale))
+        self.assertIsNone(self.redis.get(self.prefix + "missing"))
+
+    def test_a_session_already_expired_is_deleted_not_written(self) -> None:
+        now = int(self.clock() * 1000)
+        self.store.set("a", document_expiring_at(now + 10_000))
+        self.store.set("a", document_expiring_at(now - 1))
+        self.assertIsNone(self.redis.get(self.prefix + "a"))
+        self.store.set("b", document_expiring_at(now + 10_000))
+        self.assertFalse(self.store.touch("b", document_expiring_at(now)))
+        self.assertIsNone(self.redis.get(self.prefix + "b"))
+
+    def test_expired_key_is_no_session(self) -> None:
+        self.store.set("a", document_expiring_at(int(self.clock() * 1000) + 60_000, v=1))
+        self.redis.pexpire(self.prefix + "a", 1)  # Redis expires keys by itself; let it now
+        wait_for(lambda: self.redis.exists(self.prefix + "a") == 0, 5)
+        self.assertIsNone(self.store.get("a"))
+
+    def test_length_all_clear_by_scan_leave_other_keys_alone(self) -> None:
+        store = RedisStore(self.redis, prefix=self.prefix + "[x]*", now=self.clock)
+        now = int(self.clock() * 1000)
+        for i in range(150):
+            store.set(f"s{i}", document_expiring_at(now + 60_000, i=i))
+        self.redis.set(self.prefix + "[x]other", "not a session")
+        self.redis.set(self.prefix + "x-not-ours", "not a session")
+        self.assertEqual(store.length(), 150)
+        self.assertEqual(store.all()["s7"]["i"], 7)
+        store.destroy("s7")
+        store.destroy("never existed")
+        self.assertEqual(store.length(), 149)
+        store.clear()
+        self.assertEqual(store.length(), 0)
+        self.assertEqual(self.redis.get(self.prefix + "[x]other"), b"not a session")
+        self.assertEqual(self.redis.get(self.prefix + "x-not-ours"), b"not a session")
+
+    def test_str_replies_are_read_too(self) -> None:
+        import redis
+        decoding = redis.Redis.from_url(RedisServer.url or "", decode_responses=True)
+        self.addCleanup(decoding.close)
+        store = RedisStore(decoding, prefix=self.prefix, now=self.clock)
+        store.set("a", document_expiring_at(int(self.clock() * 1000) + 60_000, v="é"))
+        self.assertEqual(store.get("a")["v"], "é")
+        self.assertEqual(list(store.all()), ["a"])
+
+    def test_a_value_that_is_not_a_session_is_a_clear_error(self) -> None:
+        self.redis.set(self.prefix + "junk", "<html>")
+        with self.assertRaisesRegex(ValueError, "does not hold a session document"):
+            self.store.get("junk")
+        client = Client(wsgi(text_app(counter), store=self.store))
+        with self.assertRaisesRegex(ValueError, "does not hold a session document"):
+            client.request(cookie="connect.sid=" + urllib.parse.quote("s:" + sign("junk", SECRET)))
+        self.assertEqual(self.redis.get(self.prefix + "junk"), b"<html>")
+
+    def test_two_app_servers_share_sessions(self) -> None:
+        import redis
+        other = redis.Redis.from_url(RedisServer.url or "")
+        self.addCleanup(other.close)
+        server_a = wsgi(text_app(counter), store=RedisStore(self.redis, prefix=self.prefix))
+        server_b = wsgi(text_app(counter), store=RedisStore(other, prefix=self.prefix))
+        client = Client(server_a)
+        self.assertEqual(client.request().body, b"1")
+        on_b = Client(server_b)
+        on_b.cookies = client.cookies
+        self.assertEqual(on_b.request().body, b"2")
+        self.assertEqual(client.request().body, b"3")
+
+    def test_a_stopped_redis_fails_the_request_instead_of_starting_an_empty_session(self) -> None:
+        import redis
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        down = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+        self.addCleanup(down.close)
+        app = wsgi(text_app(counter), store=RedisStore(down, prefix=self.prefix))
+        with self.assertRaises(redis.ConnectionError):
+            Client(app).request(cookie="connect.sid=" + urllib.parse.quote("s:" + sign("someone", SECRET)))
+        with LiveServer(app) as live:
+            opener, _ = browser()
+            self.assertEqual(fetch(opener, live.url + "/")[0], 500)
+
+    def test_client_is_required(self) -> None:
+        with self.assertRaisesRegex(TypeError, "RedisStore needs a client"):
+            RedisStore(None)
 
 
 if __name__ == "__main__":
