@@ -1943,5 +1943,298 @@ class TestRedisStore(RedisTestCase):
             RedisStore(None)
 
 
+# ---------------------------------------------------------------------------
+# §8 Concurrent requests: logout is final, touch writes no data, keys don't collide
+# ---------------------------------------------------------------------------
+
+class PausedRequest:
+    """Request A in its own thread: the session is loaded, then it waits for go() before
+    its handler acts, so the test can run request B in between, deterministically."""
+
+    def __init__(self, app: SessionMiddleware, cookie: str, act: Callable[[Session], Any]) -> None:
+        self.loaded, self.released = threading.Event(), threading.Event()
+        self.response: Response | None = None
+        self.error: BaseException | None = None
+
+        def handler(session: Session, environ: dict[str, Any]) -> Any:
+            self.loaded.set()
+            if not self.released.wait(30):
+                raise AssertionError("request A was never released")
+            return act(session)
+
+        def run() -> None:
+            try:
+                self.response = Client(app.__class__(text_app(handler), **app_options(app))).request(cookie=cookie)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in finish()
+                self.error = exc
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+        if not self.loaded.wait(30):
+            raise AssertionError("request A did not load its session")
+
+    def finish(self) -> Response:
+        self.released.set()
+        self.thread.join(30)
+        if self.error is not None:
+            raise self.error
+        assert self.response is not None
+        return self.response
+
+
+def app_options(app: SessionMiddleware) -> dict[str, Any]:
+    """The options an app was built with, to build another like it around another handler."""
+    return {"secret": SECRET, "store": app.store, "resave": app.resave, "rolling": app.rolling,
+            "save_uninitialized": app.save_uninitialized}
+
+
+def set_key(key: str, value: Any) -> Callable[[Session], str]:
+    def act(session: Session) -> str:
+        session[key] = value
+        return "ok"
+    return act
+
+
+def add_own_key(session: Session, environ: dict[str, Any]) -> str:
+    session[environ["PATH_INFO"].strip("/")] = True
+    return "ok"
+
+
+def destroy(session: Session) -> str:
+    session.destroy()
+    return "ok"
+
+
+def regenerate(session: Session) -> str:
+    session.regenerate()
+    session["user"] = "alice"
+    return session.id
+
+
+def read_only(session: Session) -> Any:
+    return session.get("views")
+
+
+class ConcurrencyContract:
+    """The §8 guarantees, run against each built-in store (subclasses say which)."""
+
+    def make_store(self) -> Any:
+        raise NotImplementedError
+
+    def second_store(self) -> Any:
+        """A second handle on the same sessions (another process or client would have one)."""
+        return self.store
+
+    def setUp(self) -> None:
+        super().setUp()  # type: ignore[misc]
+        self.store = self.make_store()
+
+    def started(self, **options: Any) -> tuple[SessionMiddleware, str, str]:
+        """An app, and a session it has stored (views=1): (app, cookie header, sid)."""
+        options.setdefault("resave", False)
+        app = wsgi(text_app(counter), store=self.store, **options)
+        client = Client(app)
+        client.request()
+        return app, jar_header(client), sid_of_jar(client)
+
+    def request_b(self, app: SessionMiddleware, cookie: str, handler: Callable[..., Any]) -> Response:
+        options = app_options(app)
+        options["store"] = self.second_store()
+        return Client(SessionMiddleware(text_app(handler), **options)).request(cookie=cookie)
+
+    def stored(self, sid: str) -> dict[str, Any] | None:
+        return self.store.get(sid)  # type: ignore[no-any-return]
+
+    def test_logout_is_final_a_slower_save_does_not_resurrect(self) -> None:
+        app, cookie, sid = self.started(rolling=True)
+        a = PausedRequest(app, cookie, set_key("x", "from A"))
+        self.request_b(app, cookie, lambda s, e: destroy(s))
+        response = a.finish()
+        self.assertIsNone(self.stored(sid))
+        self.assertIsNone(response.session_cookie(), "the old cookie must not be set again")
+
+    def test_logout_is_final_for_a_read_only_request_with_resave(self) -> None:
+        for resave in (False, True):
+            with self.subTest(resave=resave):  # type: ignore[attr-defined]
+                app, cookie, sid = self.started(rolling=True, resave=resave)
+                a = PausedRequest(app, cookie, read_only)
+                self.request_b(app, cookie, lambda s, e: destroy(s))
+                response = a.finish()
+                self.assertIsNone(self.stored(sid))
+                self.assertIsNone(response.session_cookie())
+
+    def test_regenerated_away_session_stays_gone(self) -> None:
+        app, cookie, sid = self.started()
+        a = PausedRequest(app, cookie, set_key("cart", ["book"]))
+        new_sid = self.request_b(app, cookie, lambda s, e: regenerate(s)).body.decode()
+        a.finish()
+        self.assertIsNone(self.stored(sid))
+        self.assertEqual(self.stored(new_sid)["user"], "alice")  # type: ignore[index]
+
+    def test_touch_never_writes_stale_data(self) -> None:
+        for resave in (False, True):
+            with self.subTest(resave=resave):  # type: ignore[attr-defined]
+                app, cookie, sid = self.started(resave=resave)
+                a = PausedRequest(app, cookie, read_only)
+                self.request_b(app, cookie, lambda s, e: s.update(y=2))
+                self.assertEqual(a.finish().body, b"1")
+                stored = self.stored(sid)
+                assert stored is not None
+                self.assertEqual((stored["views"], stored["y"]), (1, 2))
+
+    def test_different_keys_do_not_collide(self) -> None:
+        app, cookie, sid = self.started()
+        a = PausedRequest(app, cookie, set_key("x", "from A"))
+        self.request_b(app, cookie, lambda s, e: s.update(y="from B"))
+        a.finish()
+        stored = self.stored(sid)
+        assert stored is not None
+        self.assertEqual((stored["x"], stored["y"], stored["views"]), ("from A", "from B", 1))
+
+    def test_deleting_a_key_does_not_undo_another_requests_keys(self) -> None:
+        app, cookie, sid = self.started()
+        a = PausedRequest(app, cookie, lambda s: s.pop("views"))
+        self.request_b(app, cookie, lambda s, e: s.update(y="from B"))
+        a.finish()
+        stored = self.stored(sid)
+        assert stored is not None
+        self.assertNotIn("views", stored)
+        self.assertEqual(stored["y"], "from B")
+
+    def test_same_key_last_commit_wins(self) -> None:
+        app, cookie, sid = self.started()
+        a = PausedRequest(app, cookie, set_key("x", "from A"))
+        self.request_b(app, cookie, lambda s, e: s.update(x="from B"))
+        a.finish()
+        self.assertEqual(self.stored(sid)["x"], "from A")  # type: ignore[index]
+
+    def test_soak_eight_threads_each_adding_keys_to_one_session(self) -> None:
+        _, cookie, sid = self.started()
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def worker(n: int) -> None:
+            try:
+                store = self.second_store() if n % 2 else self.store
+                client = Client(SessionMiddleware(text_app(add_own_key), secret=SECRET, store=store, resave=False))
+                barrier.wait(30)
+                for i in range(25):
+                    client.request(f"/t{n}-{i}", cookie=cookie)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual(errors, [])
+        stored = self.stored(sid)
+        assert stored is not None
+        self.assertEqual({key for key in stored if key.startswith("t")},
+                         {f"t{n}-{i}" for n in range(8) for i in range(25)})
+
+
+class TestConcurrencyMemoryStore(ConcurrencyContract, unittest.TestCase):
+    def make_store(self) -> Any:
+        return MemoryStore()
+
+
+class TestConcurrencyFileStore(ConcurrencyContract, unittest.TestCase):
+    def make_store(self) -> Any:
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        return FileStore(self.folder)
+
+    def second_store(self) -> Any:
+        return FileStore(self.folder)
+
+    def test_processes_logout_is_final_and_keys_do_not_collide(self) -> None:
+        app, cookie, sid = self.started()
+        context = multiprocessing.get_context("spawn")
+        loaded, go = context.Event(), context.Event()
+        child = spawn(paused_request_in_a_child, self.folder, cookie, loaded, go, "from_child")
+        self.assertTrue(loaded.wait(60))
+        self.request_b(app, cookie, lambda s, e: s.update(from_parent=True))
+        go.set()
+        child.join(60)
+        self.assertEqual(child.exitcode, 0)
+        stored = self.stored(sid)
+        assert stored is not None
+        self.assertEqual((stored["from_child"], stored["from_parent"]), ("child", True))
+
+        loaded, go = context.Event(), context.Event()
+        child = spawn(paused_request_in_a_child, self.folder, cookie, loaded, go, "after_logout")
+        self.assertTrue(loaded.wait(60))
+        self.request_b(app, cookie, lambda s, e: destroy(s))
+        go.set()
+        child.join(60)
+        self.assertEqual(child.exitcode, 0)
+        self.assertIsNone(self.stored(sid))
+        self.assertEqual(os.listdir(self.folder), [])
+
+    def test_processes_soak_each_adding_keys_to_one_session(self) -> None:
+        _, cookie, sid = self.started()
+        start = multiprocessing.get_context("spawn").Event()
+        children = [spawn(add_keys_in_a_child, self.folder, cookie, n, 25, start) for n in range(4)]
+        start.set()
+        for child in children:
+            child.join(120)
+        self.assertEqual([child.exitcode for child in children], [0, 0, 0, 0])
+        stored = self.stored(sid)
+        assert stored is not None
+        self.assertEqual({key for key in stored if key.startswith("p")},
+                         {f"p{n}-{i}" for n in range(4) for i in range(25)})
+
+
+def paused_request_in_a_child(folder: str, cookie: str, loaded: Any, go: Any, key: str) -> None:
+    """In a child process: request A, paused between loading its session and setting `key`."""
+    def handler(session: Session, environ: dict[str, Any]) -> str:
+        loaded.set()
+        go.wait(60)
+        session[key] = "child"
+        return "ok"
+    app = SessionMiddleware(text_app(handler), secret=SECRET, store=FileStore(folder), resave=False, rolling=True)
+    response = Client(app).request(cookie=cookie)
+    if key == "after_logout" and response.session_cookie() is not None:
+        raise SystemExit(4)  # the destroyed session's cookie was set again
+
+
+def add_keys_in_a_child(folder: str, cookie: str, n: int, rounds: int, start: Any) -> None:
+    app = SessionMiddleware(text_app(add_own_key), secret=SECRET, store=FileStore(folder), resave=False)
+    start.wait(60)
+    client = Client(app)
+    for i in range(rounds):
+        client.request(f"/p{n}-{i}", cookie=cookie)
+
+
+class TestConcurrencyRedisStore(ConcurrencyContract, RedisTestCase):
+    """Two clients, as two app servers would have."""
+
+    def make_store(self) -> Any:
+        return RedisStore(self.redis, prefix=self.prefix)
+
+    def second_store(self) -> Any:
+        import redis
+        other = redis.Redis.from_url(RedisServer.url or "")
+        self.addCleanup(other.close)
+        return RedisStore(other, prefix=self.prefix)
+
+
+class TestCustomStoreFallback(unittest.TestCase):
+    """A store with only get/set/destroy keeps express-session's behaviour: whole documents."""
+
+    def test_only_get_set_destroy_means_whole_document_writes(self) -> None:
+        store = RecordingStore(touch=False, update=False)
+        app = wsgi(text_app(counter), store=store, resave=False)
+        client = Client(app)
+        client.request()
+        a = PausedRequest(app, jar_header(client), set_key("x", "from A"))
+        Client(SessionMiddleware(text_app(lambda s, e: s.update(y=1)), secret=SECRET, store=store,
+                                 resave=False)).request(cookie=jar_header(client))
+        a.finish()
+        stored = store.inner.get(sid_of_jar(client))
+        self.assertEqual(("x" in stored, "y" in stored), (True, False))  # last write wins, whole
+        self.assertNotIn("update", store.kinds())
+
+
 if __name__ == "__main__":
     unittest.main()
