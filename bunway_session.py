@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import base64
 import difflib
-import email.utils
 import errno
+import functools
 import hashlib
 import heapq
 import hmac
 import json
+import json.encoder
 import logging
 import math
 import os
@@ -39,7 +40,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-from urllib.parse import quote, unquote
 
 if TYPE_CHECKING:  # for annotations only: these need Python 3.10 / 3.11 at run time
     from typing import Self, TypeAlias
@@ -101,88 +101,140 @@ def unsign(signed: str, secret: Secret | Sequence[Secret]) -> str | None:
 
     The value is everything before the last ".", and the comparison is constant-time.
     """
+    keys = [secret] if isinstance(secret, (str, bytes)) else secret
+    return _verify(signed, [_secret_bytes(key) for key in keys])[0]
+
+
+def _verify(signed: str, keys: Sequence[bytes]) -> tuple[str | None, int]:
+    """(value, index of the key that verified it), or (None, -1)."""
     dot = signed.rfind(".")
     if dot < 0:
-        return None
+        return None, -1
     value = signed[:dot]
-    given = signed.encode("utf-8", "replace")
-    keys = [secret] if isinstance(secret, (str, bytes)) else secret
-    for key in keys:
-        expected = (value + "." + _signature(value, _secret_bytes(key))).encode("utf-8")
-        if hmac.compare_digest(expected, given):
-            return value
-    return None
+    given = signed[dot + 1:].encode("utf-8", "replace")
+    for index, key in enumerate(keys):
+        # Comparing the signatures compares the whole strings: the values are the same.
+        if hmac.compare_digest(_signature(value, key).encode("ascii"), given):
+            return value, index
+    return None, -1
 
 
-def _cookie_pairs(header: str) -> Iterator[tuple[str, str]]:
-    """Yield (name, raw value) pairs of a Cookie header, tolerating anything a client sends.
-
-    SimpleCookie.load stops at the first cookie it dislikes; browsers and express's
-    `cookie` package do not, so neither do we: split on ";", the name ends at the first
-    "=", pairs without one are skipped, and one pair of surrounding quotes is removed.
-    """
-    for part in header.split(";"):
-        eq = part.find("=")
-        if eq < 0:
-            continue
-        name = part[:eq].strip()
-        if not name:
-            continue
-        value = part[eq + 1:].strip()
-        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-            value = value[1:-1]
-        yield name, value
+def _split_cookie(part: str) -> tuple[str, str] | None:
+    """One "name=value" piece of a Cookie header, as express's `cookie` package reads it:
+    the name ends at the first "=", both are trimmed, one pair of quotes is removed.
+    None for a piece without "=" or without a name."""
+    name, eq, value = part.partition("=")
+    name = name.strip()
+    if not eq or not name:
+        return None
+    value = value.strip()
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        value = value[1:-1]
+    return name, value
 
 
 def _decode_cookie_value(value: str) -> str:
-    """decodeURIComponent, falling back to the raw value when it is not valid UTF-8."""
+    """decodeURIComponent, falling back to the raw value when it is not valid (a bad
+    escape, or bytes that are not UTF-8), as the `cookie` package does."""
     if "%" not in value:
         return value
+    parts = value.split("%")
+    decoded = bytearray(parts[0].encode("utf-8"))
+    for part in parts[1:]:
+        code = part[:2]
+        if len(code) != 2 or not code.isascii() or not code.isalnum():
+            return value
+        try:
+            decoded.append(int(code, 16))
+        except ValueError:
+            return value
+        decoded += part[2:].encode("utf-8")
     try:
-        return unquote(value, encoding="utf-8", errors="strict")
+        return decoded.decode("utf-8")
     except UnicodeDecodeError:
         return value
 
 
 def parse_cookie_header(header: str) -> dict[str, str]:
-    """All cookies of a Cookie header, decoded; the first occurrence of a name wins."""
+    """All cookies of a Cookie header, decoded; the first occurrence of a name wins.
+
+    Unlike SimpleCookie.load, which stops at the first cookie it dislikes, a malformed
+    piece here is skipped and the rest are still read, as browsers and express do.
+    """
     cookies: dict[str, str] = {}
-    for name, value in _cookie_pairs(header):
-        if name not in cookies:
-            cookies[name] = _decode_cookie_value(value)
+    for part in header.split(";"):
+        pair = _split_cookie(part)
+        if pair is not None and pair[0] not in cookies:
+            cookies[pair[0]] = _decode_cookie_value(pair[1])
     return cookies
 
 
 def _find_cookie(header: str, name: str) -> str | None:
-    """The first cookie called `name`, decoded; the others are not decoded at all."""
-    for found, value in _cookie_pairs(header):
-        if found == name:
-            return _decode_cookie_value(value)
+    """The first cookie called `name`, not yet decoded (the same reading as parse_cookie_header)."""
+    for part in header.split(";"):
+        if name not in part:  # cheap skip of the other cookies
+            continue
+        pair = _split_cookie(part)
+        if pair is not None and pair[0] == name:
+            return pair[1]
     return None
 
 
+# encodeURIComponent leaves A-Z a-z 0-9 and -_.!~*'() alone and escapes the UTF-8 bytes of the rest.
+_URI_UNSAFE = re.compile(r"[^A-Za-z0-9\-_.!~*'()]+")
+
+
+def _percent_encode(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8"))
+
+
 def _encode_uri_component(value: str) -> str:
-    return quote(value, safe="!'()*-._~")
+    return _URI_UNSAFE.sub(_percent_encode, value)
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_UTC = timezone(timedelta(0))  # datetime.UTC is Python 3.11+
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+# Timestamps are written and read on every request, mostly within the same few seconds:
+# the conversions are pure functions, so their per-second part is remembered.
+
+
+@functools.lru_cache(maxsize=64)
+def _http_date_of_second(seconds: int) -> str:
+    t = time.gmtime(seconds)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
 
 
 def _http_date(ms: int) -> str:
-    """RFC 1123 date as JavaScript's Date.prototype.toUTCString writes it."""
-    return email.utils.formatdate(ms // 1000, usegmt=True)
+    """RFC 1123 date as JavaScript's Date.prototype.toUTCString writes it (never localised)."""
+    return _http_date_of_second(ms // 1000)
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_of_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def _iso_ms(ms: int) -> str:
     """JavaScript's Date.prototype.toISOString: 2026-11-27T20:05:56.662Z."""
     seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return f"{_iso_of_second(seconds)}.{millis:03d}Z"
 
 
-_UTC = timezone(timedelta(0))  # datetime.UTC is Python 3.11+
-_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
-_ONE_MS = timedelta(milliseconds=1)
+@functools.lru_cache(maxsize=64)
+def _second_of_iso(text: str) -> int:
+    moment = datetime.fromisoformat(text).replace(tzinfo=_UTC)
+    return (moment - _EPOCH) // timedelta(seconds=1)
 
 
 def _parse_iso_ms(text: str) -> int:
     """Epoch milliseconds of an ISO 8601 timestamp (what toISOString writes); ValueError if not one."""
+    if len(text) == 24 and text[19] == "." and text[23] == "Z" and text[20:23].isdigit():
+        return _second_of_iso(text[:19]) * 1000 + int(text[20:23])  # toISOString's own form
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     moment = datetime.fromisoformat(text)
@@ -199,10 +251,29 @@ def _now_ms(now: Clock) -> int:
     return int(now() * 1000)
 
 
-# JSON exactly as JSON.stringify writes it: no spaces, no ASCII escaping. NaN and
-# Infinity are refused because JavaScript would not read them back.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-_dumps = _ENCODER.encode
+def _json_encoder() -> Callable[[Any], str]:
+    """JSON exactly as JSON.stringify writes it: no spaces, no ASCII escaping. NaN and
+    Infinity are refused because JavaScript would not read them back.
+
+    JSONEncoder.encode builds a new C encoder on every call; building it once is about
+    twice as fast, and every request encodes a few times.
+    """
+    encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    try:
+        encode = make(None, encoder.default, json.encoder.c_encode_basestring,  # type: ignore[attr-defined]
+                      None, ":", ",", False, False, False)
+    except TypeError:  # another Python's signature
+        return encoder.encode
+
+    def dumps(value: Any) -> str:
+        return "".join(encode(value, 0))
+    return dumps
+
+
+_dumps = _json_encoder()
 
 
 def _loads_document(text: str | bytes) -> Document | None:
@@ -348,29 +419,34 @@ class SessionCookie:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], now: Clock = time.time) -> SessionCookie:
-        """Read a stored cookie object, written by us or by Node; missing fields take their
-        absent meaning. Raises ValueError when `expires` is not a timestamp."""
-        expires_ms = _document_expires_ms({"cookie": data})
-        original = data.get("originalMaxAge")
-        if isinstance(original, bool) or not isinstance(original, (int, float)):
+        """Read a stored cookie object, written by us or by Node; missing or odd fields take
+        their absent meaning. Raises ValueError when `expires` is not a timestamp."""
+        get = data.get
+        expires = get("expires")
+        if expires is not None and not isinstance(expires, str):
+            raise ValueError(f"cookie.expires is not a timestamp: {expires!r}")
+        original = get("originalMaxAge")
+        if original.__class__ not in (int, float):
             original = None
-        same_site = data.get("sameSite")
+        same_site = get("sameSite")
         if same_site is True:  # the `cookie` package reads true as Strict
             same_site = "strict"
-        same_site = same_site.lower() if isinstance(same_site, str) else None
-        priority = data.get("priority")
-        priority = priority.lower() if isinstance(priority, str) else None
-        path = data.get("path")
-        domain = data.get("domain")
+        elif same_site.__class__ is str and same_site not in _SAME_SITE_VALUES:
+            same_site = same_site.lower()
+        priority = get("priority")
+        if priority.__class__ is str:
+            priority = priority.lower()
+        path = get("path")
+        domain = get("domain")
         return cls(
             original_max_age=None if original is None else int(original),
-            expires_ms=expires_ms,
-            secure=data.get("secure") is True,
-            http_only=data.get("httpOnly") is True,
-            path=path if isinstance(path, str) and path else "/",
-            domain=domain if isinstance(domain, str) and domain else None,
+            expires_ms=None if expires is None else _parse_iso_ms(expires),
+            secure=get("secure") is True,
+            http_only=get("httpOnly") is True,
+            path=path if path.__class__ is str and path else "/",
+            domain=domain if domain.__class__ is str and domain else None,
             same_site=same_site if same_site in _SAME_SITE_VALUES else None,
-            partitioned=data.get("partitioned") is True,
+            partitioned=get("partitioned") is True,
             priority=priority if priority in _PRIORITY_VALUES else None,
             now=now,
         )
@@ -389,16 +465,33 @@ class Session(dict[str, Any]):
     Created by SessionMiddleware; reach it with get_session(environ).
     """
 
-    __slots__ = ("_destroyed", "_lifecycle", "cookie", "id", "is_new")
+    __slots__ = ("_cookie", "_destroyed", "_id", "_lifecycle", "is_new")
 
-    def __init__(self, data: Mapping[str, Any], sid: str, cookie: SessionCookie, is_new: bool,
-                 lifecycle: _Lifecycle) -> None:
-        super().__init__(data)
-        self.id = sid
-        self.cookie = cookie
+    def __init__(self, data: Mapping[str, Any], sid: str | None, cookie: SessionCookie | None,
+                 is_new: bool, lifecycle: _Lifecycle) -> None:
+        if data:
+            super().__init__(data)
+        # A new session gets its ID and cookie when first needed: a request that never
+        # uses its session (with save_uninitialized=False) costs no ID and no cookie.
+        self._id = sid
+        self._cookie = cookie
         self.is_new = is_new
         self._lifecycle = lifecycle
         self._destroyed = False
+
+    @property
+    def id(self) -> str:
+        """The session ID."""
+        if self._id is None:
+            self._id = self._lifecycle.first_id()
+        return self._id
+
+    @property
+    def cookie(self) -> SessionCookie:
+        """The session cookie's settings and expiry."""
+        if self._cookie is None:
+            self._cookie = self._lifecycle.new_cookie()
+        return self._cookie
 
     # Writes check for a destroyed session and for the reserved key "cookie".
     def _check_writable(self, key: Any = None) -> None:
@@ -508,11 +601,11 @@ def _encode_data(session: Mapping[str, Any]) -> str:
     """The session data as JSON; a value that is not serializable is named in the error."""
     try:
         return _dumps(session)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         for key, value in session.items():
             try:
                 _dumps(value)
-            except (TypeError, ValueError) as inner:
+            except (TypeError, ValueError, RecursionError) as inner:
                 raise TypeError(f"session[{key!r}] cannot be stored: {inner}; session values "
                                 "must be JSON-serializable (str, int, float, bool, None, "
                                 "list, dict)") from None
@@ -571,16 +664,16 @@ def _check_ttl(ttl: Any) -> int:
     return ms
 
 
-def _apply_changes(document: Document, changes: Mapping[str, Any], deleted: Iterable[str],
-                   cookie: Document) -> None:
+def _apply_changes(document: Document, changes: Mapping[str, Any], deleted: Iterable[str]) -> None:
     """A concurrent-safe save: only the keys this request set or deleted, onto the current copy."""
-    document["cookie"] = cookie
     document.update(changes)
     for key in deleted:
         document.pop(key, None)
 
 
 _MAX_COOKIE_SHAPES = 64
+if TYPE_CHECKING:
+    _MemoryEntry: TypeAlias = tuple[str, dict[str, Any], int | None, int]
 
 
 class MemoryStore:
@@ -595,42 +688,49 @@ class MemoryStore:
         self.ttl = _check_ttl(ttl)
         self._now = now
         self._lock = threading.Lock()
-        # sid -> (data JSON, cookie JSON without expires, cookie expires ms, deadline ms)
-        self._entries: dict[str, tuple[str, str, int | None, int]] = {}
+        # sid -> (data JSON, cookie without expires, cookie.expires in ms, deadline ms).
+        # The expiry lives beside the JSON, so a touch rewrites no text.
+        self._entries: dict[str, _MemoryEntry] = {}
         self._deadlines: list[tuple[int, str]] = []  # a heap; entries may have moved on
-        # Most sessions share one cookie shape; keep one copy of each (bounded).
-        self._shapes: dict[str, str] = {}
+        # Most sessions share one cookie shape: keep one copy of each (bounded).
+        self._shapes: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
 
-    # Encoding: the cookie's expiry lives beside the JSON, so a touch rewrites no text.
-    def _entry(self, document: Mapping[str, Any], now_ms: int
-               ) -> tuple[str, str, int | None, int]:
-        cookie = dict(document.get("cookie") or {})
+    def _shape(self, cookie: Mapping[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
+        shape = dict(cookie)
+        shape.pop("expires", None)
+        if shape == current:  # the usual touch: only the expiry moved
+            return current
+        try:
+            key = tuple(shape.items())
+            if len(self._shapes) < _MAX_COOKIE_SHAPES or key in self._shapes:
+                return self._shapes.setdefault(key, shape)
+        except TypeError:  # an unhashable value: keep this one as it is
+            pass
+        return shape
+
+    def _entry(self, data_json: str, cookie: Mapping[str, Any], now_ms: int,
+               current: dict[str, Any] | None = None) -> _MemoryEntry:
         expires = _document_expires_ms({"cookie": cookie})
-        cookie.pop("expires", None)
-        shape = _dumps(cookie)
-        if len(self._shapes) < _MAX_COOKIE_SHAPES:
-            shape = self._shapes.setdefault(shape, shape)
-        data = _dumps({key: value for key, value in document.items() if key != "cookie"})
         deadline = now_ms + self.ttl if expires is None else expires
-        return data, self._shapes.get(shape, shape), expires, deadline
+        return data_json, self._shape(cookie, current), expires, deadline
 
     @staticmethod
-    def _decode(entry: tuple[str, str, int | None, int]) -> Document:
+    def _decode(entry: _MemoryEntry) -> Document:
         data, shape, expires, _ = entry
-        cookie = json.loads(shape)
+        cookie = dict(shape)
         cookie["expires"] = None if expires is None else _iso_ms(expires)
         document: Document = {"cookie": cookie}
         document.update(json.loads(data))
         return document
 
-    def _live(self, sid: str, now_ms: int) -> tuple[str, str, int | None, int] | None:
+    def _live(self, sid: str, now_ms: int) -> _MemoryEntry | None:
         entry = self._entries.get(sid)
         if entry is not None and entry[3] <= now_ms:
             del self._entries[sid]
             return None
         return entry
 
-    def _store(self, sid: str, entry: tuple[str, str, int | None, int], now_ms: int) -> None:
+    def _store(self, sid: str, entry: _MemoryEntry, now_ms: int) -> None:
         if sid not in self._entries:
             heapq.heappush(self._deadlines, (entry[3], sid))
             self._prune(now_ms, budget=8)
@@ -657,31 +757,33 @@ class MemoryStore:
 
     def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
         now_ms = _now_ms(self._now)
-        entry = self._entry(session, now_ms)
+        data = _dumps({key: value for key, value in session.items() if key != "cookie"})
+        entry = self._entry(data, session.get("cookie") or {}, now_ms)
         with self._lock:
             self._store(sid, entry, now_ms)
 
     def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
                cookie: Document, max_age: int | None = None) -> bool:
+        if not changes and not deleted:  # nothing of the data changed (resave): a touch
+            return self.touch(sid, {"cookie": cookie})
         now_ms = _now_ms(self._now)
         with self._lock:
             entry = self._live(sid, now_ms)
             if entry is None:
                 return False
-            document = json.loads(entry[0])
-            _apply_changes(document, changes, deleted, cookie)
-            self._store(sid, self._entry(document, now_ms), now_ms)
+            data = json.loads(entry[0])
+            _apply_changes(data, changes, deleted)
+            self._store(sid, self._entry(_dumps(data), cookie, now_ms), now_ms)
             return True
 
     def touch(self, sid: str, session: Document) -> bool:
+        """Take the session's new cookie (its expiry); the stored data stays as it is."""
         now_ms = _now_ms(self._now)
-        expires = _document_expires_ms(session)
         with self._lock:
             entry = self._live(sid, now_ms)
             if entry is None:
                 return False
-            deadline = now_ms + self.ttl if expires is None else expires
-            self._entries[sid] = (entry[0], entry[1], expires, deadline)
+            self._entries[sid] = self._entry(entry[0], session.get("cookie") or {}, now_ms, entry[1])
             return True
 
     def destroy(self, sid: str) -> None:
@@ -712,28 +814,34 @@ class MemoryStore:
             self._shapes.clear()
 
 
-# FileStore file names: "<sid>.json"; temporary files ".<sid>.json.<random>.tmp".
+# FileStore file names: "<sid>.json"; temporary files ".<sid>.json.<random>.tmp"; lock
+# files ".<sid>.json.lock" (session-file-store, which lists "*.json", never sees the others).
 _FILE_SUFFIX = ".json"
 _TEMP_SUFFIX = ".tmp"
+_LOCK_SUFFIX = ".lock"
 _STALE_TEMP_MS = 600_000       # a writer takes milliseconds; ten minutes means it crashed
-_REAP_BATCH = 16               # directory entries looked at per write while a reap is due
+_REAP_BATCH = 4                # directory entries looked at per write while a reap is due
 _MAX_NAME_BYTES = 255
+_MAX_SID_BYTES = _MAX_NAME_BYTES - len(_FILE_SUFFIX) - 18  # room for ".<sid>.json.<12 hex>.tmp"
+_PLAIN_SID = re.compile(r"[A-Za-z0-9_-]{1,%d}" % _MAX_SID_BYTES)
 _UNSAFE_SID = re.compile(r"[\x00-\x1f\x7f/\\:]")
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def _file_sid_problem(sid: Any) -> str | None:
     """Why `sid` cannot be a FileStore file name, or None when it can."""
     if not isinstance(sid, str) or not sid:
         return "a session ID must be a non-empty str"
+    if _PLAIN_SID.fullmatch(sid):  # what genid makes: nothing more to check
+        return None
     if _UNSAFE_SID.search(sid) or ".." in sid or sid.startswith("."):
         return "it contains a path separator, '..', a leading '.', NUL or a control character"
     try:
         encoded = sid.encode("utf-8")
     except UnicodeEncodeError:
         return "it is not valid UTF-8"
-    # Room for the suffix and for the temporary file's ".<sid>.json.<12 hex>.tmp".
-    if len(encoded) + len(_FILE_SUFFIX) + 18 > _MAX_NAME_BYTES:
-        return f"it is longer than {_MAX_NAME_BYTES - len(_FILE_SUFFIX) - 18} bytes"
+    if len(encoded) > _MAX_SID_BYTES:
+        return f"it is longer than {_MAX_SID_BYTES} bytes"
     return None
 
 
@@ -751,7 +859,8 @@ class FileStore:
       nothing. None (default) means 1% of the session's max age (or of `ttl`); 0 rewrites
       on every touch.
     - Expired files and temporary files left by a crashed writer are removed a few at a
-      time as sessions are written, once per `reap_interval` (ms), and by reap().
+      time as sessions are written, in a pass through the folder every `reap_interval`
+      (ms; the first one interval after the store is created), and by reap().
     """
 
     def __init__(self, path: str | os.PathLike[str] = "./sessions", ttl: int = DAY_MS, *,
@@ -767,18 +876,23 @@ class FileStore:
         self.reap_interval = _check_ttl(reap_interval)
         self._now = now
         os.makedirs(self.path, mode=0o700, exist_ok=True)
+        self._prefix = os.path.join(self.path, "")
         # Where flock exists it serialises writers across threads and processes; elsewhere
         # this lock does, within the process.
         self._thread_lock: Any = _NoLock() if fcntl is not None else threading.RLock()
         self._reap_lock = threading.Lock()
         self._reap_entries: Iterator[os.DirEntry[str]] | None = None
-        self._reap_pid = 0
-        self._reap_due = 0
+        self._reap_pid = os.getpid()
+        # As session-file-store: the first pass one interval after the store starts.
+        self._reap_due = _now_ms(now) + self.reap_interval
 
     # -- files ---------------------------------------------------------------
 
     def _file(self, sid: str) -> str:
-        return os.path.join(self.path, sid + _FILE_SUFFIX)
+        return self._prefix + sid + _FILE_SUFFIX
+
+    def _lock_file(self, sid: str) -> str:
+        return self._prefix + "." + sid + _FILE_SUFFIX + _LOCK_SUFFIX
 
     def _checked_file(self, sid: str) -> str:
         problem = _file_sid_problem(sid)
@@ -792,7 +906,7 @@ class FileStore:
         data = _dumps(document).encode("utf-8")
         folder, name = os.path.split(path)
         temp = os.path.join(folder, f".{name}.{_secrets.token_hex(6)}{_TEMP_SUFFIX}")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
         try:
             try:
                 view = memoryview(data)
@@ -813,19 +927,17 @@ class FileStore:
     @staticmethod
     def _read(path: str) -> Document | None:
         try:
-            with open(path, "rb") as file:
-                return _loads_document(file.read())
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            fd = os.open(path, os.O_RDONLY | _CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
             return None
-
-    @staticmethod
-    def _read_fd(fd: int) -> Document | None:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
+        try:
+            chunks = [os.read(fd, 65536)]
+            while len(chunks[-1]) == 65536:
+                chunks.append(os.read(fd, 65536))
+        except IsADirectoryError:
+            return None
+        finally:
+            os.close(fd)
         return _loads_document(b"".join(chunks))
 
     def _expired(self, document: Document, now_ms: int) -> bool:
@@ -845,38 +957,41 @@ class FileStore:
         return last + self.ttl <= now_ms
 
     @contextmanager
-    def _locked(self, path: str, wait: bool = True) -> Iterator[int | None]:
-        """Hold an exclusive lock on the session's current file; yields None if there is none
-        (or, with wait=False, if another writer holds it).
+    def _locked(self, sid: str, wait: bool = True) -> Iterator[bool]:
+        """Hold the session's lock: an exclusive flock on its lock file. Yields False, holding
+        nothing, when wait=False and another writer has it.
 
-        Writers replace the file by rename, so after waiting for the lock we check that the
-        file we locked is still the one at `path`; if not, lock the new one. Every writer
-        of an existing session (update, touch, destroy) goes through here, so a
-        read-modify-write is atomic across threads and processes.
+        Every writer of an existing session (update, touch, destroy, reap) holds it, so a
+        read-modify-write is atomic across threads and processes, and sessions don't wait
+        for each other. A lock file is removed (under its lock) with its session; so after
+        waiting we check that the file we locked is still the one at its path, and if not,
+        start over with the current one.
         """
+        lock_path = self._lock_file(sid)
         with self._thread_lock:
             for _ in range(1000):
-                try:
-                    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                except (FileNotFoundError, NotADirectoryError):
-                    yield None
-                    return
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o600)
                 try:
                     if not _lock_fd(fd, wait):
-                        yield None
+                        yield False
                         return
                     try:
-                        current = os.stat(path)
+                        current = os.stat(lock_path)
                     except FileNotFoundError:
-                        yield None
-                        return
+                        continue
                     opened = os.fstat(fd)
                     if (current.st_ino, current.st_dev) == (opened.st_ino, opened.st_dev):
-                        yield fd
+                        yield True
                         return
                 finally:
                     os.close(fd)  # closing releases the lock
-        raise OSError(errno.EAGAIN, f"could not lock {path}: it keeps being replaced")
+        raise OSError(errno.EAGAIN, f"could not lock {lock_path}: it keeps being replaced")
+
+    def _remove(self, sid: str) -> int:
+        """Delete a session's file and its lock file; call it holding the lock."""
+        removed = _unlink_quietly(self._file(sid))
+        _unlink_quietly(self._lock_file(sid))
+        return removed
 
     # -- the store interface -------------------------------------------------
 
@@ -900,19 +1015,26 @@ class FileStore:
     def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
                cookie: Document, max_age: int | None = None) -> bool:
         path = self._checked_file(sid)
-        if not changes and not deleted:
+        if not changes and not deleted:  # nothing of the data changed (resave): a touch
             return self.touch(sid, {"cookie": cookie})
-        with self._locked(path) as fd:
-            if fd is None:
+        with self._locked(sid):
+            document = self._current(sid)
+            if document is None:
                 return False
-            document = self._read_fd(fd)
+            document["cookie"] = cookie
+            _apply_changes(document, changes, deleted)
             now_ms = _now_ms(self._now)
-            if document is None or self._expired(document, now_ms):
-                return False
-            _apply_changes(document, changes, deleted, cookie)
             self._write(path, document, now_ms)
         self._reap_step(now_ms)
         return True
+
+    def _current(self, sid: str) -> Document | None:
+        """Under the session's lock: its live document, or None (and no lock file left)."""
+        document = self._read(self._file(sid))
+        if document is None or self._expired(document, _now_ms(self._now)):
+            _unlink_quietly(self._lock_file(sid))
+            return None
+        return document
 
     def _touch_tolerance(self, cookie: Any) -> int:
         if self.touch_after is not None:
@@ -938,11 +1060,9 @@ class FileStore:
             return False
         if now_ms - written_ms < self._touch_tolerance(session.get("cookie")):
             return True
-        with self._locked(path) as fd:
-            if fd is None:
-                return False
-            document = self._read_fd(fd)
-            if document is None or self._expired(document, now_ms):
+        with self._locked(sid):
+            document = self._current(sid)
+            if document is None:
                 return False
             document["cookie"] = session.get("cookie", document.get("cookie"))
             self._write(path, document, now_ms)
@@ -952,10 +1072,8 @@ class FileStore:
     def destroy(self, sid: str) -> None:
         if _file_sid_problem(sid):
             return
-        path = self._file(sid)
-        with self._locked(path) as fd:
-            if fd is not None:
-                _unlink_quietly(path)
+        with self._locked(sid):
+            self._remove(sid)
 
     # -- listing and cleaning -----------------------------------------------
 
@@ -985,16 +1103,24 @@ class FileStore:
         return len(self.all())
 
     def clear(self) -> None:
-        """Delete every session file of this store (and its temporary files); nothing else."""
+        """Delete every session file of this store (and its temporary and lock files); nothing else."""
         with os.scandir(self.path) as entries:
             names = [entry.name for entry in entries]
         for name in names:
-            if self._sid_of(name) is not None or self._is_temp(name):
+            if self._sid_of(name) is not None or self._is_temp(name) or self._locked_sid(name):
                 _unlink_quietly(os.path.join(self.path, name))
 
     @staticmethod
     def _is_temp(name: str) -> bool:
         return name.startswith(".") and name.endswith(_TEMP_SUFFIX) and _FILE_SUFFIX + "." in name
+
+    @staticmethod
+    def _locked_sid(name: str) -> str | None:
+        """The session ID of a lock file's name, or None if it is not one of ours."""
+        if not name.startswith(".") or not name.endswith(_FILE_SUFFIX + _LOCK_SUFFIX):
+            return None
+        sid = name[1:-len(_FILE_SUFFIX + _LOCK_SUFFIX)]
+        return None if _file_sid_problem(sid) else sid
 
     def reap(self) -> int:
         """Delete expired session files and stale temporary files; return how many."""
@@ -1003,26 +1129,25 @@ class FileStore:
             return sum(self._reap_entry(entry, now_ms) for entry in list(entries))
 
     def _reap_entry(self, entry: os.DirEntry[str], now_ms: int) -> int:
-        path = entry.path
-        if self._is_temp(entry.name):
+        name = entry.name
+        if self._is_temp(name):
             try:
                 stale = entry.stat().st_mtime * 1000 + _STALE_TEMP_MS <= now_ms
             except FileNotFoundError:
                 return 0
-            return _unlink_quietly(path) if stale else 0
-        if self._sid_of(entry.name) is None:
+            return _unlink_quietly(entry.path) if stale else 0
+        sid = self._sid_of(name) or self._locked_sid(name)
+        if sid is None:
             return 0
-        document = self._read(path)
-        if document is None or not self._expired(document, now_ms):
+        document = self._read(self._file(sid))
+        if document is not None and not self._expired(document, now_ms):
             return 0
         # Judge again under the lock: it may have been rewritten meanwhile. Never wait for
-        # it: a writer holding it is not expired, and waiting could deadlock two reapers.
-        with self._locked(path, wait=False) as fd:
-            if fd is None:
-                return 0
-            document = self._read_fd(fd)
-            if document is not None and self._expired(document, now_ms):
-                return _unlink_quietly(path)
+        # it: a writer holding it is not done with the session, and waiting could deadlock.
+        with self._locked(sid, wait=False) as held:
+            document = self._read(self._file(sid)) if held else None
+            if held and (document is None or self._expired(document, now_ms)):
+                return self._remove(sid)
         return 0
 
     def _reap_step(self, now_ms: int) -> None:
@@ -1133,6 +1258,8 @@ class RedisStore:
                cookie: Document, max_age: int | None = None) -> bool:
         """Optimistic transaction: WATCH the key, merge onto its current value, MULTI/EXEC;
         start over if another client wrote the key in between."""
+        if not changes and not deleted:  # nothing of the data changed (resave): a touch
+            return self.touch(sid, {"cookie": cookie})
         key = self._key(sid)
         deleted = list(deleted)
         for _ in range(100):
@@ -1143,7 +1270,8 @@ class RedisStore:
                     if raw is None:
                         return False
                     document = self._parse(key, raw)
-                    _apply_changes(document, changes, deleted, cookie)
+                    document["cookie"] = cookie
+                    _apply_changes(document, changes, deleted)
                     seconds = self._ttl_seconds(document)
                     pipe.multi()
                     if seconds <= 0:
@@ -1199,6 +1327,7 @@ _OPTION_NAMES = ("secret", "name", "cookie", "store", "resave", "save_uninitiali
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")       # RFC 6265 cookie-name
 _ATTRIBUTE_VALUE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")    # no controls, spaces or ";"
 _MAX_COOKIE_CHARS = 4096
+_MAX_VERIFIED = 4096   # remembered session cookie values, per middleware
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -1342,10 +1471,11 @@ def _request_path(environ: Mapping[str, Any]) -> str:
 
 def serialize_set_cookie(name: str, value: str, cookie: SessionCookie,
                          expires_ms: int | None = _UNSET) -> str:
-    """A Set-Cookie value, attribute for attribute as express-session (via `cookie`) writes it."""
+    """A Set-Cookie value, attribute for attribute as express-session (via `cookie`) writes it;
+    `value` is already percent-encoded."""
     if expires_ms is _UNSET:
         expires_ms = cookie._expires_ms
-    parts = [name + "=" + _encode_uri_component(value)]
+    parts = [name + "=" + value]
     if cookie.domain:
         parts.append("Domain=" + cookie.domain)
     if cookie.path:
@@ -1421,6 +1551,7 @@ class SessionMiddleware:
             raise TypeError("now must be a clock: a callable returning seconds since the epoch")
         self._now = now
         self._warn_multiprocess = isinstance(store, MemoryStore)
+        self._verified: dict[str, tuple[str | None, int, str]] = {}
 
     def generate_id(self, environ: WSGIEnviron) -> str:
         if self._genid is None:
@@ -1431,17 +1562,33 @@ class SessionMiddleware:
         return sid
 
     def cookie_value(self, sid: str) -> str:
-        """The session cookie's value before percent-encoding: "s:" + the signed ID."""
-        return "s:" + sid + "." + _signature(sid, self._keys[0])
+        """The session cookie's value, percent-encoded: "s:" + the signed ID."""
+        return _encode_uri_component("s:" + sid + "." + _signature(sid, self._keys[0]))
 
-    def _verified_id(self, environ: Mapping[str, Any]) -> str | None:
+    def _verified_id(self, environ: Mapping[str, Any]) -> tuple[str | None, int, str]:
+        """Read the request's session cookie: (the session ID, if the signature verifies; the
+        index of the secret that signed it, or -1; the cookie value as we would encode it).
+
+        A verified value is remembered (a bounded memo of a pure function of the value and
+        the secrets), so a returning visitor's next requests skip the decoding and the HMAC.
+        """
         header = environ.get("HTTP_COOKIE")
-        if not header:
-            return None
-        raw = _find_cookie(header, self.name)
-        if not raw or not raw.startswith("s:") or len(raw) > _MAX_COOKIE_CHARS:
-            return None
-        return unsign(raw[2:], self._keys)
+        raw = _find_cookie(header, self.name) if header else None
+        if not raw:
+            return None, -1, ""
+        known = self._verified.get(raw)
+        if known is not None:
+            return known
+        value = _decode_cookie_value(raw)
+        if not value.startswith("s:") or len(value) > _MAX_COOKIE_CHARS:
+            return None, -1, ""
+        sid, key = _verify(value[2:], self._keys)
+        if sid is None:
+            return None, -1, ""
+        if len(self._verified) >= _MAX_VERIFIED:
+            self._verified.clear()
+        result = self._verified[raw] = (sid, key, _encode_uri_component(value))
+        return result
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         options = self._cookie_options
@@ -1475,29 +1622,17 @@ class _Lifecycle:
     """One request's session and express-session's rules for it: load, then at commit
     decide touch / save / store touch / Set-Cookie with the small predicates below."""
 
-    __slots__ = (
-        "committed",
-        "committed_json",
-        "cookie_id",
-        "cookie_sent",
-        "environ",
-        "gone",
-        "loaded_id",
-        "middleware",
-        "options",
-        "original_id",
-        "original_json",
-        "saved_id",
-        "saved_json",
-        "session",
-    )
+    __slots__ = ("committed", "committed_json", "cookie_id", "cookie_key", "cookie_sent", "cookie_value", "environ",
+                 "gone", "loaded_id", "middleware", "options", "original_id", "original_json",
+                 "saved_id", "saved_json", "session")
 
     def __init__(self, middleware: SessionMiddleware, environ: WSGIEnviron,
                  options: _CookieOptions) -> None:
         self.middleware = middleware
         self.environ = environ
         self.options = options
-        self.cookie_id = middleware._verified_id(environ)
+        # The ID the request's cookie names (verified), which secret signed it, its value.
+        self.cookie_id, self.cookie_key, self.cookie_value = middleware._verified_id(environ)
         self.loaded_id: str | None = None   # the ID whose stored copy this request read
         self.saved_id: str | None = None
         self.saved_json: str | None = None
@@ -1505,59 +1640,71 @@ class _Lifecycle:
         self.committed_json: str | None = None
         self.cookie_sent = False
         self.gone = False   # the store said this session no longer exists (logout elsewhere)
-        document = middleware.store.get(self.cookie_id) if self.cookie_id else None
-        loaded = self._inflate(self.cookie_id, document) if document is not None else None
-        self.session = loaded if loaded is not None else self._generate()
-        self.original_id = self.session.id
-        self.original_json = _encode_data(self.session)
-        if loaded is not None and not middleware.resave:
+        session = None
+        if self.cookie_id is not None:
+            document = middleware.store.get(self.cookie_id)
+            if document is not None:
+                session = self._inflate(self.cookie_id, document)
+        if session is None:
+            # A new session: its ID and cookie are made when first used (Session.id).
+            self.session = Session({}, None, None, True, self)
+            self.original_id: str | None = None
+            self.original_json = "{}"
+            return
+        self.session = session
+        self.original_id = session._id
+        self.original_json = _encode_data(session)
+        if not middleware.resave:
             # resave=False: a loaded session counts as saved until it changes.
-            self.saved_id, self.saved_json = self.session.id, self.original_json
+            self.saved_id, self.saved_json = session._id, self.original_json
 
-    def _generate(self) -> Session:
-        middleware = self.middleware
-        return Session({}, middleware.generate_id(self.environ), self._new_cookie(), True, self)
+    def first_id(self) -> str:
+        """The new session's ID, made when first asked for."""
+        self.original_id = self.middleware.generate_id(self.environ)
+        return self.original_id
 
-    def _new_cookie(self) -> SessionCookie:
+    def new_cookie(self) -> SessionCookie:
         secure = self.options.needs_scheme and _is_secure(self.environ, self.middleware.proxy)
         return self.options.new_cookie(secure, self.middleware._now)
 
-    def _inflate(self, sid: str | None, document: Document) -> Session | None:
+    def _inflate(self, sid: str, document: Document) -> Session | None:
         """A Session from a stored document; None if the document is unusable."""
-        assert sid is not None
-        stored_cookie = document.get("cookie")
-        if isinstance(stored_cookie, dict):
+        stored_cookie = document.pop("cookie", None)
+        document.pop("__lastAccess", None)  # another store's bookkeeping, not session data
+        if stored_cookie.__class__ is dict:
             try:
                 cookie = SessionCookie.from_dict(stored_cookie, self.middleware._now)
             except ValueError:
                 return None
         else:
-            cookie = self._new_cookie()
-        data = {key: value for key, value in document.items()
-                if key != "cookie" and key != "__lastAccess"}
+            cookie = self.new_cookie()
         self.loaded_id = sid
-        return Session(data, sid, cookie, False, self)
+        return Session(document, sid, cookie, False, self)
 
     # -- express-session's predicates ----------------------------------------
 
+    def is_cookies_session(self) -> bool:
+        """Is this the session the request's cookie named (express: cookieId === sessionID)?"""
+        return self.cookie_id is not None and self.cookie_id == self.session._id
+
     def is_modified(self, data_json: str) -> bool:
-        return self.original_id != self.session.id or self.original_json != data_json
+        return self.original_id != self.session._id or self.original_json != data_json
 
     def is_saved(self, data_json: str) -> bool:
-        return self.saved_id == self.session.id and self.saved_json == data_json
+        return self.saved_json == data_json and self.saved_id == self.session._id
 
     def should_save(self, data_json: str) -> bool:
         # An uninitialized new session is stored only once it holds something.
         if (not self.middleware.save_uninitialized and self.saved_id is None
-                and self.cookie_id != self.session.id):
+                and not self.is_cookies_session()):
             return self.is_modified(data_json)
         return not self.is_saved(data_json)
 
     def should_touch(self) -> bool:
-        return self.cookie_id == self.session.id and self.middleware._store_touch is not None
+        return self.is_cookies_session() and self.middleware._store_touch is not None
 
     def should_set_cookie(self, data_json: str) -> bool:
-        if self.cookie_id != self.session.id:
+        if not self.is_cookies_session():
             return self.middleware.save_uninitialized or self.is_modified(data_json)
         return self.middleware.rolling or (
             self.session.cookie._expires_ms is not None and self.is_modified(data_json))
@@ -1575,8 +1722,9 @@ class _Lifecycle:
         session = self.session
         if session._destroyed:
             return self._expired_cookie() if self.cookie_id is not None else []
-        session.cookie.reset_expiry()
-        data_json = _encode_data(session)
+        if session._cookie is not None:  # (a cookie made just now needs no touch)
+            session._cookie.reset_expiry()
+        data_json = _encode_data(session) if session else "{}"
         self.committed_json = data_json
         if self.should_save(data_json):
             self._save(data_json)
@@ -1588,8 +1736,14 @@ class _Lifecycle:
         if self.gone or not self.should_set_cookie(data_json) or not self.may_send_cookie():
             return []
         self.cookie_sent = True
-        value = self.middleware.cookie_value(session.id)
-        return [("Set-Cookie", serialize_set_cookie(self.middleware.name, value, session.cookie))]
+        return [("Set-Cookie", serialize_set_cookie(self.middleware.name, self._cookie_value(),
+                                                    session.cookie))]
+
+    def _cookie_value(self) -> str:
+        """The signed ID, encoded; the request's own cookie when the current secret signed it."""
+        if self.cookie_key == 0 and self.is_cookies_session():
+            return self.cookie_value
+        return self.middleware.cookie_value(self.session.id)
 
     def commit_late(self) -> None:
         """At close(): save changes made while a streaming body was produced."""
@@ -1597,7 +1751,7 @@ class _Lifecycle:
         if session._destroyed or self.gone:
             return
         data_json = _encode_data(session)
-        client_has_it = self.cookie_sent or self.cookie_id == session.id
+        client_has_it = self.cookie_sent or self.is_cookies_session()
         if data_json != self.committed_json and client_has_it and not self.is_saved(data_json):
             self._save(data_json)
 
@@ -1614,15 +1768,17 @@ class _Lifecycle:
         session = self.session
         store = self.middleware.store
         update = self.middleware._store_update
-        if update is not None and self.loaded_id == session.id:
-            base = self.saved_json if self.saved_id == session.id else self.original_json
-            changes, deleted = _changed_keys(base or "{}", data_json, session)
-            if not update(session.id, changes, deleted, session.cookie.to_dict(), session.cookie.max_age):
+        cookie = session.cookie
+        if update is not None and self.loaded_id is not None and self.loaded_id == session._id:
+            base = self.saved_json if self.saved_json is not None and self.saved_id == session._id \
+                else self.original_json
+            changes, deleted = _changed_keys(base, data_json, session)
+            if not update(session.id, changes, deleted, cookie.to_dict(), cookie.max_age):
                 self.gone = True
                 return
         else:
-            store.set(session.id, _document(session.cookie, session), session.cookie.max_age)
-        self.saved_id, self.saved_json = session.id, data_json
+            store.set(session.id, _document(cookie, session), cookie.max_age)
+        self.saved_id, self.saved_json = session._id, data_json
 
     # -- the session's methods -------------------------------------------------
 
@@ -1633,17 +1789,18 @@ class _Lifecycle:
         session = self.session
         if session._destroyed:
             return
-        self.middleware.store.destroy(session.id)
+        if session._id is not None:  # (a new session that never got an ID was never stored)
+            self.middleware.store.destroy(session._id)
         dict.clear(session)
         session._destroyed = True
 
     def regenerate(self) -> None:
         session = self.session
-        if not session._destroyed:
-            self.middleware.store.destroy(session.id)
+        if not session._destroyed and session._id is not None:
+            self.middleware.store.destroy(session._id)
         dict.clear(session)
-        session.id = self.middleware.generate_id(self.environ)
-        session.cookie = self._new_cookie()
+        session._id = self.middleware.generate_id(self.environ)
+        session._cookie = self.new_cookie()
         session.is_new = True
         session._destroyed = False
         self.gone = False
@@ -1655,13 +1812,13 @@ class _Lifecycle:
         if document is None or not isinstance(stored_cookie, dict):
             raise LookupError(f"session {session.id!r} is no longer in the store "
                               "(destroyed or expired); it cannot be reloaded")
-        session.cookie = SessionCookie.from_dict(stored_cookie, self.middleware._now)
+        session._cookie = SessionCookie.from_dict(stored_cookie, self.middleware._now)
         dict.clear(session)
         dict.update(session, {key: value for key, value in document.items()
                               if key != "cookie" and key != "__lastAccess"})
         # The store holds exactly this now: later saves apply changes made after it.
         self.loaded_id = session.id
-        self.saved_id, self.saved_json = session.id, _encode_data(session)
+        self.saved_id, self.saved_json = session._id, _encode_data(session)
         self.gone = False
 
 
