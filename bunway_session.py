@@ -181,11 +181,13 @@ def _find_cookie(header: str, name: str) -> str | None:
 
 
 # encodeURIComponent leaves A-Z a-z 0-9 and -_.!~*'() alone and escapes the UTF-8 bytes of the rest.
-_URI_UNSAFE = re.compile(r"[^A-Za-z0-9\-_.!~*'()]+")
+_URI_UNSAFE = re.compile(r"[^A-Za-z0-9\-_.!~*'()]")
+_URI_ESCAPES = {chr(code): f"%{code:02X}" for code in range(128)}
 
 
 def _percent_encode(match: re.Match[str]) -> str:
-    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8"))
+    char = match.group()
+    return _URI_ESCAPES.get(char) or "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
 
 
 def _encode_uri_component(value: str) -> str:
@@ -398,7 +400,7 @@ class SessionCookie:
         if self.original_max_age is None:
             self._expires_ms = None
         else:
-            self._expires_ms = _now_ms(self._now) + self.original_max_age
+            self._expires_ms = int(self._now() * 1000) + self.original_max_age
 
     def to_dict(self) -> Document:
         """The stored `cookie` object, field for field and in express-session's order."""
@@ -438,18 +440,19 @@ class SessionCookie:
             priority = priority.lower()
         path = get("path")
         domain = get("domain")
-        return cls(
-            original_max_age=None if original is None else int(original),
-            expires_ms=None if expires is None else _parse_iso_ms(expires),
-            secure=get("secure") is True,
-            http_only=get("httpOnly") is True,
-            path=path if path.__class__ is str and path else "/",
-            domain=domain if domain.__class__ is str and domain else None,
-            same_site=same_site if same_site in _SAME_SITE_VALUES else None,
-            partitioned=get("partitioned") is True,
-            priority=priority if priority in _PRIORITY_VALUES else None,
-            now=now,
-        )
+        # Every loaded session makes one: set the fields directly (keyword binding costs more).
+        cookie = cls.__new__(cls)
+        cookie.original_max_age = None if original is None else int(original)
+        cookie._expires_ms = None if expires is None else _parse_iso_ms(expires)
+        cookie.secure = get("secure") is True
+        cookie.http_only = get("httpOnly") is True
+        cookie.path = path if path.__class__ is str and path else "/"
+        cookie.domain = domain if domain.__class__ is str and domain else None
+        cookie.same_site = same_site if same_site in _SAME_SITE_VALUES else None
+        cookie.partitioned = get("partitioned") is True
+        cookie.priority = priority if priority in _PRIORITY_VALUES else None
+        cookie._now = now
+        return cookie
 
     def __repr__(self) -> str:
         return f"SessionCookie({self.to_dict()!r})"
@@ -1594,7 +1597,7 @@ class SessionMiddleware:
         options = self._cookie_options
         if self._cookie_factory is not None:
             options = _CookieOptions(self._cookie_factory(environ), "cookie(environ)")
-        if not _request_path(environ).startswith(options.path):
+        if options.path != "/" and not _request_path(environ).startswith(options.path):
             return self.app(environ, start_response)
         if self._warn_multiprocess and environ.get("wsgi.multiprocess"):
             self._warn_multiprocess = False
