@@ -826,7 +826,7 @@ _STALE_TEMP_MS = 600_000       # a writer takes milliseconds; ten minutes means 
 _REAP_BATCH = 4                # directory entries looked at per write while a reap is due
 _MAX_NAME_BYTES = 255
 _MAX_SID_BYTES = _MAX_NAME_BYTES - len(_FILE_SUFFIX) - 18  # room for ".<sid>.json.<12 hex>.tmp"
-_PLAIN_SID = re.compile(r"[A-Za-z0-9_-]{1,%d}" % _MAX_SID_BYTES)
+_PLAIN_SID = re.compile(rf"[A-Za-z0-9_-]{{1,{_MAX_SID_BYTES}}}")
 _UNSAFE_SID = re.compile(r"[\x00-\x1f\x7f/\\:]")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 

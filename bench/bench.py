@@ -1,0 +1,462 @@
+#!/usr/bin/env python3
+"""Per-request cost of bunway_session, against Beaker and a hand-written floor.
+
+    make bench              (creates bench/.venv with Beaker for the comparison)
+    python bench/bench.py   (without Beaker: the Beaker rows are left out, and it says so)
+
+Each contestant is a WSGI app called in-process the way a server would: build the
+environ, call, iterate and close the body. Contestants run interleaved round by round
+(A B C ... A B C ...), a batch of about 20 ms each, with gc disabled in the timed loop
+and a warm-up first; the table shows the median cost per request (µs) with the bare
+app's cost subtracted, and the min-max over rounds.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import hashlib
+import hmac
+import json
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterable
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import quote, unquote
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import bunway_session as bs
+
+try:
+    from beaker.middleware import SessionMiddleware as BeakerMiddleware
+except ImportError:
+    BeakerMiddleware = None
+
+SECRET = "bench secret"
+DAY_MS = 86_400_000
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
+BATCH_SECONDS = 0.02
+
+App = Callable[[dict[str, Any], Any], Iterable[bytes]]
+
+
+# -- the apps behind the middleware -------------------------------------------------------
+
+def make_app(get: Callable[[dict[str, Any]], Any], write: bool, save: Callable[[Any], None] | None = None) -> App:
+    """W1/W3 increment a counter (write); W2 reads it. `get` fetches the session object."""
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        session = get(environ)
+        if write:
+            session["views"] = session.get("views", 0) + 1
+            if save is not None:
+                save(session)
+        else:
+            session.get("views")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+    return app
+
+
+def bare_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def beaker_session(environ: dict[str, Any]) -> Any:
+    return environ["beaker.session"]
+
+
+# -- the floor: only what the contract requires ---------------------------------------
+
+class FloorMemory:
+    def __init__(self) -> None:
+        self.data: dict[str, list[Any]] = {}
+
+    def get(self, sid: str) -> dict[str, Any] | None:
+        entry = self.data.get(sid)
+        if entry is None or entry[1] <= time.time() * 1000:
+            return None
+        return json.loads(entry[0])  # type: ignore[no-any-return]
+
+    def set(self, sid: str, text: str, expires: int) -> None:
+        self.data[sid] = [text, expires]
+
+    def touch(self, sid: str, expires: int) -> None:
+        entry = self.data.get(sid)
+        if entry is not None:
+            entry[1] = expires
+
+
+class FloorFiles:
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def get(self, sid: str) -> dict[str, Any] | None:
+        try:
+            with open(os.path.join(self.folder, sid + ".json"), "rb") as file:
+                return json.loads(file.read())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return None
+
+    def set(self, sid: str, text: str, expires: int) -> None:
+        path = os.path.join(self.folder, sid + ".json")
+        temp = f"{path}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(text.encode())
+        os.replace(temp, path)
+
+    def touch(self, sid: str, expires: int) -> None:
+        pass
+
+
+class FloorMiddleware:
+    """Cookie parse, HMAC-SHA256 verify with compare_digest, one load, change detection,
+    one save, Set-Cookie only when due. Nothing else."""
+
+    def __init__(self, app: App, store: Any) -> None:
+        self.app, self.store, self.key = app, store, SECRET.encode()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        sid = None
+        for part in environ.get("HTTP_COOKIE", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == "connect.sid":
+                value = unquote(value)
+                if value.startswith("s:"):
+                    candidate, _, signature = value[2:].rpartition(".")
+                    mac = hmac.new(self.key, candidate.encode(), hashlib.sha256).digest()
+                    if hmac.compare_digest(base64.b64encode(mac).decode().rstrip("="), signature):
+                        sid = candidate
+                break
+        document = self.store.get(sid) if sid else None
+        new = document is None
+        if new:
+            sid, data, original = secrets.token_urlsafe(24), {}, "{}"
+        else:
+            cookie = document.pop("cookie")
+            data, original = document, json.dumps(document)
+        environ["floor.session"] = data
+        captured: list[Any] = []
+        body = self.app(environ, lambda status, headers, exc_info=None: captured.append((status, headers)))
+        expires = int(time.time() * 1000) + DAY_MS
+        text = json.dumps(data)
+        headers = list(captured[0][1])
+        if new or text != original:
+            cookie = {"originalMaxAge": DAY_MS, "expires": expires, "httpOnly": True, "path": "/", "sameSite": "lax"}
+            self.store.set(sid, json.dumps({"cookie": cookie, **data}), expires)
+            mac = hmac.new(self.key, sid.encode(), hashlib.sha256).digest()  # type: ignore[union-attr]
+            value = quote(f"s:{sid}.{base64.b64encode(mac).decode().rstrip('=')}", safe="")
+            headers.append(("Set-Cookie", (f"connect.sid={value}; Path=/; Expires="
+                            f"{formatdate(expires / 1000, usegmt=True)}; HttpOnly; SameSite=Lax")))
+        else:
+            self.store.touch(sid, expires)
+        start_response(captured[0][0], headers)
+        return body
+
+
+# -- timing ------------------------------------------------------------------------------
+
+ENVIRON = {
+    "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",
+    "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+    "HTTP_HOST": "127.0.0.1:8000", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+    "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+}
+
+
+def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+    start_response.headers = headers  # type: ignore[attr-defined]
+    return lambda data: None
+
+
+def call(app: App, cookie: str | None, path: str = "/") -> list[tuple[str, str]]:
+    environ = dict(ENVIRON)
+    environ["PATH_INFO"] = path
+    if cookie:
+        environ["HTTP_COOKIE"] = cookie
+    body = app(environ, start_response)
+    for _ in body:
+        pass
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
+    return start_response.headers  # type: ignore[attr-defined,no-any-return]
+
+
+def cookie_from(headers: list[tuple[str, str]], name: str) -> str:
+    for header, value in headers:
+        if header.lower() == "set-cookie" and value.strip().startswith(name + "="):
+            return value.strip().split(";", 1)[0]
+    raise RuntimeError(f"no {name} cookie in {headers}")
+
+
+class Contestant:
+    def __init__(self, name: str, app: App, cookie: str | None = None, path: str = "/", group: str = "") -> None:
+        self.name, self.app, self.cookie, self.path, self.group = name, app, cookie, path, group
+        self.batch = 1
+        self.samples: list[float] = []
+
+    def run(self, n: int) -> float:
+        app, cookie, path = self.app, self.cookie, self.path
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            for _ in range(n):
+                call(app, cookie, path)
+            return time.perf_counter() - start
+        finally:
+            gc.enable()
+
+    def calibrate(self) -> None:
+        n = 1
+        while True:
+            took = self.run(n)
+            if took > BATCH_SECONDS / 4 or n > 100_000:
+                self.batch = max(1, int(n * BATCH_SECONDS / max(took, 1e-9)))
+                return
+            n *= 4
+
+
+def returning(app: App, name: str = "connect.sid", path: str = "/") -> str:
+    """A cookie for a session that exists: made by one request."""
+    return cookie_from(call(app, None, path), name)
+
+
+def measure(contestants: list[Contestant], rounds: int = ROUNDS) -> None:
+    for contestant in contestants:
+        contestant.calibrate()
+        contestant.run(contestant.batch)  # warm-up
+    for _ in range(rounds):
+        for contestant in contestants:
+            contestant.samples.append(contestant.run(contestant.batch) / contestant.batch * 1e6)
+
+
+def median(contestant: Contestant) -> float:
+    return statistics.median(contestant.samples)
+
+
+# -- the workloads ---------------------------------------------------------------------
+
+def our_app(store: Any, write: bool, **options: Any) -> App:
+    return bs.SessionMiddleware(make_app(lambda e: e["bunway.session"], write), secret=SECRET,
+                                store=store, **options)
+
+
+def floor_app(store: Any, write: bool) -> App:
+    return FloorMiddleware(make_app(lambda e: e["floor.session"], write), store)
+
+
+def beaker_app(kind: str, folder: str | None, write: bool) -> App | None:
+    if BeakerMiddleware is None:
+        return None
+    config = {"session.type": kind, "session.timeout": DAY_MS // 1000, "session.httponly": True,
+              "session.samesite": "Lax", "session.data_serializer": "json", "session.auto": False,
+              "session.key": "beaker.session.id", "session.secret": SECRET}
+    if folder:
+        config.update({"session.data_dir": folder, "session.lock_dir": os.path.join(folder, "lock")})
+    return BeakerMiddleware(make_app(beaker_session, write, save=lambda s: s.save()), config)  # type: ignore[no-any-return]
+
+
+def workloads(folder: str) -> tuple[list[Contestant], dict[str, tuple[str, str, str]]]:
+    """Every contestant, and for each workload row the names of (ours, floor, beaker).
+
+    New visitors with files create a file per request, and the disk's writeback of
+    thousands of new files disturbs whatever runs next: those rows run interleaved in a
+    group of their own, with their own bare-app baseline.
+    """
+    contestants = [Contestant("bare", bare_app), Contestant("bare", bare_app, group="file W1")]
+    rows: dict[str, tuple[str, str, str]] = {}
+
+    def add(name: str, app: App | None, cookie: str | None, group: str = "") -> str:
+        if app is not None:
+            contestants.append(Contestant(name, app, cookie, group=group))
+        return name
+
+    for kind in ("memory", "file"):
+        ours_folder = os.path.join(folder, "ours")
+        floor_folder = os.path.join(folder, "floor")
+        beaker_folder = os.path.join(folder, "beaker") if kind == "file" else None
+        os.makedirs(floor_folder, exist_ok=True)
+        store = bs.MemoryStore() if kind == "memory" else bs.FileStore(ours_folder)
+        fstore = FloorMemory() if kind == "memory" else FloorFiles(floor_folder)
+        w3, f3 = our_app(store, True, resave=False), floor_app(fstore, True)
+        b2, b3 = beaker_app(kind, beaker_folder, False), beaker_app(kind, beaker_folder, True)
+        our_cookie, floor_cookie = returning(w3), returning(f3)
+        beaker_cookie = returning(b3, "beaker.session.id") if b3 else None
+        w1_group = "file W1" if kind == "file" else ""
+        rows[f"{kind} W1 new visitor"] = (
+            add(f"ours {kind} W1", our_app(store, True, resave=False), None, w1_group),
+            add(f"floor {kind} W1", floor_app(fstore, True), None, w1_group),
+            add(f"beaker {kind} W1", beaker_app(kind, beaker_folder, True), None, w1_group))
+        rows[f"{kind} W2 read, resave=False"] = (
+            add(f"ours {kind} W2", our_app(store, False, resave=False), our_cookie),
+            add(f"floor {kind} W2", floor_app(fstore, False), floor_cookie),
+            add(f"beaker {kind} W2", b2, beaker_cookie))
+        rows[f"{kind} W2 read, resave=True"] = (
+            add(f"ours {kind} W2 resave", our_app(store, False, resave=True), our_cookie),
+            f"floor {kind} W2", f"beaker {kind} W2")
+        rows[f"{kind} W3 write"] = (
+            add(f"ours {kind} W3", w3, our_cookie),
+            add(f"floor {kind} W3", f3, floor_cookie),
+            add(f"beaker {kind} W3", b3, beaker_cookie))
+    return contestants, rows
+
+
+def no_work_contestants() -> tuple[list[Contestant], Any]:
+    """Requests that must cost (almost) nothing: outside the cookie path, or an unused
+    session with save_uninitialized=False. The store counts its calls."""
+    class CountingStore(bs.MemoryStore):
+        calls = 0
+
+        def get(self, sid: str) -> Any:
+            CountingStore.calls += 1
+            return super().get(sid)
+
+        def set(self, sid: str, session: Any, max_age: Any = None) -> None:
+            CountingStore.calls += 1
+            super().set(sid, session, max_age)
+    store = CountingStore()
+    outside = bs.SessionMiddleware(bare_app, secret=SECRET, store=store, cookie={"path": "/app"})
+    unused = bs.SessionMiddleware(bare_app, secret=SECRET, store=store, save_uninitialized=False)
+    return [Contestant("bare", bare_app), Contestant("outside the cookie path", outside),
+            Contestant("unused, save_uninitialized=False", unused)], CountingStore
+
+
+def scale_rows(folder: str) -> list[tuple[str, float, float]]:
+    """W2 and W3 with 1,000 and with 100,000 other sessions in the store."""
+    results = []
+    for kind in ("memory", "file"):
+        timings: dict[tuple[str, int], float] = {}
+        for count in (1_000, 100_000):
+            store = bs.MemoryStore() if kind == "memory" else bs.FileStore(os.path.join(folder, f"scale{count}"))
+            document = {"cookie": {"originalMaxAge": DAY_MS, "expires": bs._iso_ms(int(time.time() * 1000) + DAY_MS),
+                                   "secure": False, "httpOnly": True, "path": "/", "sameSite": "lax"}, "views": 1}
+            for i in range(count):
+                store.set(f"filler{i:06d}", document)
+            w3 = our_app(store, True, resave=False)
+            cookie = returning(w3)
+            contestants = [Contestant("bare", bare_app), Contestant("W2", our_app(store, False, resave=False), cookie),
+                           Contestant("W3", w3, cookie)]
+            measure(contestants, max(5, ROUNDS // 2))
+            bare = median(contestants[0])
+            for contestant in contestants[1:]:
+                timings[(contestant.name, count)] = median(contestant) - bare
+        for workload in ("W2", "W3"):
+            results.append((f"{kind} {workload}", timings[(workload, 1_000)], timings[(workload, 100_000)]))
+    return results
+
+
+def memory_per_session() -> float:
+    store = bs.MemoryStore()
+    app = our_app(store, True, resave=False)
+    call(app, None)  # warm caches, shapes
+    count = 20_000
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for _ in range(count):
+        call(app, None)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    return grown / count
+
+
+# -- report ----------------------------------------------------------------------------
+
+def main() -> int:
+    folder = tempfile.mkdtemp(prefix="bunway-bench-")
+    try:
+        return report(folder)
+    finally:
+        shutil.rmtree(folder, True)
+
+
+def report(folder: str) -> int:
+    print(f"bunway_session bench: Python {platform.python_version()} on {platform.machine()}, "
+          f"{os.cpu_count()} cores; {ROUNDS} interleaved rounds, medians of µs per request over the bare app")
+    if BeakerMiddleware is None:
+        print("Beaker is not installed: its rows are left out (make bench installs it in bench/.venv)")
+    contestants, rows = workloads(folder)
+    groups = sorted({c.group for c in contestants})
+    for group in groups:
+        measure([c for c in contestants if c.group == group])
+    bare = {c.group: median(c) for c in contestants if c.name == "bare"}
+    by_name = {c.name: c for c in contestants if c.name != "bare"}
+    misses: list[str] = []
+
+    def cost(name: str) -> float | None:
+        contestant = by_name.get(name)
+        return None if contestant is None else median(contestant) - bare[contestant.group]
+
+    def spread(name: str) -> str:
+        contestant = by_name.get(name)
+        if contestant is None:
+            return "-"
+        base = bare[contestant.group]
+        return f"{min(contestant.samples) - base:.1f}-{max(contestant.samples) - base:.1f}"
+
+    print(f"\nbare app: {bare[''] :.2f} µs per request (subtracted below)\n")
+    print(f"{'workload':<28} {'ours':>7} {'min-max':>11} {'floor':>7} {'beaker':>8} "
+          f"{'ours/floor':>10} {'beaker/ours':>11}")
+    for row, (mine, floor, beaker) in rows.items():
+        ours_cost, floor_cost, beaker_cost = cost(mine), cost(floor), cost(beaker)
+        assert ours_cost is not None and floor_cost is not None
+        to_floor = ours_cost / floor_cost
+        to_beaker = (beaker_cost / ours_cost) if beaker_cost is not None else None
+        print(f"{row:<28} {ours_cost:7.1f} {spread(mine):>11} {floor_cost:7.1f} "
+              f"{'-' if beaker_cost is None else f'{beaker_cost:8.1f}':>8} {to_floor:10.2f} "
+              f"{'-' if to_beaker is None else f'{to_beaker:11.2f}':>11}")
+        if to_floor > 1.25:
+            misses.append(f"{row}: {to_floor:.2f}x the floor (target 1.25)")
+        if to_beaker is not None:
+            target = 5.0 if row.startswith("file W2") else None if row.startswith("file") else (
+                1.7 if "W3" in row else 2.0)
+            if target is not None and to_beaker < target:
+                misses.append(f"{row}: {to_beaker:.2f}x faster than Beaker (target {target})")
+
+    no_work, counting = no_work_contestants()
+    measure(no_work)
+    base = median(no_work[0])
+    print("\nno work where none is needed (µs over the bare app; store calls):")
+    for contestant in no_work[1:]:
+        overhead = median(contestant) - base
+        print(f"  {contestant.name:<36} {overhead:5.2f} µs")
+        if overhead >= 2.0:
+            misses.append(f"{contestant.name}: {overhead:.2f} µs over the bare app (target < 2)")
+    print(f"  store calls made: {counting.calls}")
+    if counting.calls:
+        misses.append(f"no-work requests made {counting.calls} store calls (target 0)")
+
+    print("\nscale: µs per request with 1,000 and with 100,000 other sessions in the store")
+    for name, small, large in scale_rows(folder):
+        ratio = large / small
+        print(f"  {name:<10} {small:7.1f} {large:7.1f}   100k/1k {ratio:.2f}")
+        if ratio > 1.15:
+            misses.append(f"scale {name}: 100k/1k = {ratio:.2f} (target 1.15)")
+
+    per_session = memory_per_session()
+    print(f"\nMemoryStore: {per_session:.0f} bytes per small session (tracemalloc, 20,000 sessions)")
+    if per_session > 400:
+        misses.append(f"MemoryStore: {per_session:.0f} bytes per session (target 400)")
+
+    print()
+    if misses:
+        print("summary: MISSED " + "; ".join(misses))
+        return 1
+    print("summary: every target met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

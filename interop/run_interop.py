@@ -1,0 +1,329 @@
+"""make interop: run express-session (node_app.js) and bunway_session (python_app.py) side by
+side on one secret and one store, and check that they share their users' sessions.
+
+For each store (a temporary folder with session-file-store / FileStore, and a private
+redis-server with connect-redis / RedisStore when redis-server and redis-py are installed),
+it starts both apps on free loopback ports, runs the scenarios, stops everything it started,
+and prints one PASS/FAIL line per scenario and a last line "N passed, N failed".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+import bunway_session as bs
+
+SECRETS = "new secret,old secret"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Side:
+    """One running app, and a tiny client for it that passes cookies by hand."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.port = free_port()
+        self.process = subprocess.Popen(command, env={**os.environ, **env, "PORT": str(self.port)},
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.call("GET", "/ping")
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    error = self.process.stderr.read() if self.process.stderr else ""
+                    raise RuntimeError(f"{name} did not start: {error[-2000:]}") from None
+                time.sleep(0.05)
+
+    def call(self, method: str, path: str, cookie: str | None = None,
+             headers: dict[str, str] | None = None) -> tuple[dict[str, Any], str | None]:
+        """(JSON body, the session cookie's Set-Cookie header or None)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
+                                         headers=dict(headers or {}), data=b"" if method == "POST" else None)
+        if cookie:
+            request.add_header("Cookie", cookie)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                body, set_cookies = response.read(), response.headers.get_all("Set-Cookie") or []
+        except urllib.error.HTTPError as error:
+            raise AssertionError(f"{self.name} {method} {path}: HTTP {error.code}: {error.read()[:300]!r}") from None
+        session_cookies = [c for c in set_cookies if c.startswith("connect.sid=")]
+        return json.loads(body), (session_cookies[0] if session_cookies else None)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        if self.process.stderr:
+            self.process.stderr.close()
+
+
+def pair_of_cookie(set_cookie: str | None) -> str:
+    assert set_cookie, "expected a Set-Cookie"
+    return set_cookie.split(";", 1)[0]
+
+
+def without_expires(set_cookie: str) -> str:
+    return "; ".join(part for part in set_cookie.split("; ") if not part.startswith("Expires="))
+
+
+# -- the scenarios: each gets (node, python, old_node, store) and raises on failure ---------
+
+def set_cookie_identical(node: Side, python: Side, old_node: Side, store: Any) -> None:
+    sid = f"interopSameId{int(time.time() * 1000)}"
+    _, from_node = node.call("GET", "/count", headers={"X-Interop-Id": sid})
+    # The same ID and secret: Python's Set-Cookie for the session Node started.
+    _, from_python = python.call("GET", "/count", cookie=pair_of_cookie(from_node))
+    assert from_node and from_python
+    expected = "connect.sid=" + bs._encode_uri_component("s:" + bs.sign(sid, SECRETS.split(",")[0]))
+    assert pair_of_cookie(from_node) == expected, (from_node, expected)
+    # Byte for byte but for the moment it was sent (Expires), which must agree within seconds.
+    assert without_expires(from_python) == without_expires(from_node), (from_python, from_node)
+    moments = [time.mktime(time.strptime(part[8:], "%a, %d %b %Y %H:%M:%S GMT"))
+               for header in (from_node, from_python) for part in header.split("; ") if part.startswith("Expires=")]
+    assert len(moments) == 2 and abs(moments[0] - moments[1]) <= 5, (from_node, from_python)
+    # A new session on each side gets the same attributes.
+    _, new_python = python.call("GET", "/count")
+    assert new_python is not None
+    assert without_expires(new_python).split("; ")[1:] == without_expires(from_node).split("; ")[1:]
+
+
+def node_then_python_and_back(node: Side, python: Side, old_node: Side, store: Any) -> None:
+    body, set_cookie = node.call("GET", "/count")
+    cookie, sid = pair_of_cookie(set_cookie), body["id"]
+    for views, side in enumerate([python, node, python, node, python], start=2):
+        body, _ = side.call("GET", "/count", cookie=cookie)
+        assert (body["id"], body["views"]) == (sid, views), (side.name, body)
+
+
+def python_then_node(node: Side, python: Side, old_node: Side, store: Any) -> None:
+    body, set_cookie = python.call("GET", "/count")
+    cookie, sid = pair_of_cookie(set_cookie), body["id"]
+    for views, side in enumerate([node, python, node], start=2):
+        body, _ = side.call("GET", "/count", cookie=cookie)
+        assert (body["id"], body["views"]) == (sid, views), (side.name, body)
+
+
+def flash_crosses_over(node: Side, python: Side, old_node: Side, store: Any) -> None:
+    for writer, reader in ((node, python), (python, node)):
+        _, set_cookie = writer.call("GET", "/count")
+        cookie = pair_of_cookie(set_cookie)
+        body, _ = writer.call("POST", f"/flash?type=info&msg=from+{writer.name}", cookie=cookie)
+        assert body["count"] == 1, body
+        body, _ = reader.call("POST", "/flash?type=info&msg=second", cookie=cookie)
+        assert body["count"] == 2, body
+        body, _ = reader.call("GET", "/flash?type=info", cookie=cookie)
+        assert body["messages"] == [f"from {writer.name}", "second"], body
+        body, _ = writer.call("GET", "/flash?type=info", cookie=cookie)
+        assert body["messages"] == [], body
+
+
+def regenerate_on_one_side(node: Side, python: Side, old_node: Side, store: Any) -> None:
+    for login, other in ((node, python), (python, node)):
+        _, set_cookie = login.call("GET", "/count")
+        old_cookie = pair_of_cookie(set_cookie)
+        body, set_cookie = login.call("POST", "/login?user=alice", cookie=old_cookie)
+        new_cookie, new_id = pair_of_cookie(set_cookie), body["id"]
+        assert new_cookie != old_cookie
+        body, _ = other.call("GET", "/whoami", cookie=new_cookie)
+        assert (body["id"], body["user"]) == (new_id, "alice"), (other.name, body)
+        body, _ = other.call("GET", "/whoami", cookie=old_cookie)
+        assert body["user"] is None and body["views"] is None, (other.name, "old cookie still works", body)
+
+
+def destroy_on_one_side(node: Side, python: Side, old_node: Side, store: Any) -> None:
+    for logout, other in ((python, node), (node, python)):
+        body, set_cookie = other.call("POST", "/login?user=bob")
+        cookie, sid = pair_of_cookie(set_cookie), body["id"]
+        body, _ = logout.call("GET", "/whoami", cookie=cookie)
+        assert body["user"] == "bob", body
+        logout.call("POST", "/logout", cookie=cookie)
+        body, _ = other.call("GET", "/whoami", cookie=cookie)
+        assert body["user"] is None and body["id"] != sid, (other.name, body)
+
+
+def old_secret_still_verifies(node: Side, python: Side, old_node: Side, store: Any) -> None:
+    body, set_cookie = old_node.call("GET", "/count")
+    cookie, sid = pair_of_cookie(set_cookie), body["id"]
+    assert cookie == "connect.sid=" + bs._encode_uri_component("s:" + bs.sign(sid, "old secret"))
+    body, _ = python.call("GET", "/count", cookie=cookie)
+    assert (body["id"], body["views"]) == (sid, 2), body
+    body, _ = node.call("GET", "/count", cookie=cookie)
+    assert (body["id"], body["views"]) == (sid, 3), body
+
+
+def short_max_age_expires_on_both_sides(node: Side, python: Side, old_node: Side, store: Any) -> None:
+    cookies = []
+    for side in (node, python):
+        _, set_cookie = side.call("GET", "/count")
+        body, set_cookie = side.call("POST", "/short?ms=1000", cookie=pair_of_cookie(set_cookie))
+        cookies.append((pair_of_cookie(set_cookie), body["id"]))
+    time.sleep(2.2)  # past the 1 s max age (Redis TTLs are whole seconds)
+    for cookie, sid in cookies:
+        for side in (node, python):
+            body, _ = side.call("GET", "/whoami", cookie=cookie)
+            assert body["views"] is None and body["id"] != sid, (side.name, "expired session still served", body)
+
+
+def each_side_reads_the_others_files(node: Side, python: Side, old_node: Side, store: Any) -> None:
+    if store["kind"] != "file":
+        raise Skip("file store only")
+    folder = store["path"]
+    for side in (node, python):
+        side.call("GET", "/count")
+    names = [name for name in os.listdir(folder) if name.endswith(".json")]
+    assert len(names) >= 2, names
+    reader = bs.FileStore(folder)
+    for name in names:
+        with open(os.path.join(folder, name), encoding="utf-8") as file:
+            document = json.load(file)
+        assert isinstance(document.get("cookie"), dict) and "__lastAccess" in document, name
+    live = len(reader.all())
+    node_count, _ = node.call("GET", "/length")
+    python_count, _ = python.call("GET", "/length")
+    assert node_count["length"] == len(names), (node_count, names)   # session-file-store counts every .json
+    assert python_count["length"] == live, (python_count, live)
+
+
+SCENARIOS: list[Callable[..., None]] = [
+    set_cookie_identical, node_then_python_and_back, python_then_node, flash_crosses_over,
+    regenerate_on_one_side, destroy_on_one_side, old_secret_still_verifies,
+    short_max_age_expires_on_both_sides, each_side_reads_the_others_files,
+]
+
+
+class Skip(Exception):
+    pass
+
+
+# -- stores ----------------------------------------------------------------------------
+
+@contextmanager
+def file_store() -> Iterator[dict[str, str]]:
+    folder = tempfile.mkdtemp(prefix="bunway-interop-")
+    try:
+        yield {"kind": "file", "env_STORE": "file", "env_STORE_PATH": folder, "path": folder}
+    finally:
+        shutil.rmtree(folder, True)
+
+
+@contextmanager
+def redis_store() -> Iterator[dict[str, str] | None]:
+    binary = shutil.which("redis-server")
+    try:
+        import redis
+    except ImportError:
+        redis = None
+    if binary is None or redis is None:
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="bunway-interop-redis-")
+    port = free_port()
+    process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                "--appendonly", "no", "--dir", folder],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        yield {"kind": "redis", "env_STORE": "redis", "env_REDIS_URL": url}
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(folder, True)
+
+
+def start_sides(store: dict[str, str]) -> list[Side]:
+    env = {key[4:]: value for key, value in store.items() if key.startswith("env_")}
+    node_cmd = ["node", os.path.join(HERE, "node_app.js")]
+    python_cmd = [sys.executable, os.path.join(HERE, "python_app.py")]
+    sides: list[Side] = []
+    try:
+        sides.append(Side("node", node_cmd, {**env, "SECRET": SECRETS}))
+        sides.append(Side("python", python_cmd, {**env, "SECRET": SECRETS}))
+        sides.append(Side("node (old secret)", node_cmd, {**env, "SECRET": "old secret"}))
+    except BaseException:
+        for side in sides:
+            side.stop()
+        raise
+    return sides
+
+
+def main() -> int:
+    passed = failed = 0
+    print(f"interop: node {subprocess.run(['node', '--version'], capture_output=True, text=True, check=False).stdout.strip()}, "
+          f"Python {sys.version.split()[0]}; packages: "
+          + ", ".join(f"{name} {version_of(name)}" for name in
+                      ("express", "express-session", "session-file-store", "connect-redis", "redis",
+                       "connect-flash", "cookie-signature")))
+    for make in (file_store, redis_store):
+        with make() as store:
+            if store is None:
+                print("FAIL redis: redis-server or redis-py is not installed, so the Redis scenarios cannot run")
+                failed += 1
+                continue
+            sides = start_sides(store)
+            try:
+                for scenario in SCENARIOS:
+                    name = f"{store['kind']}: {scenario.__name__.replace('_', ' ')}"
+                    try:
+                        scenario(*sides, store)
+                    except Skip:
+                        continue
+                    except Exception:  # noqa: BLE001 - reported as a failed scenario
+                        failed += 1
+                        print(f"FAIL {name}\n" + "".join("     " + line for line in
+                                                         traceback.format_exc().splitlines(True)[-6:]))
+                    else:
+                        passed += 1
+                        print(f"PASS {name}")
+            finally:
+                for side in sides:
+                    side.stop()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def version_of(package: str) -> str:
+    try:
+        with open(os.path.join(HERE, "node_modules", package, "package.json"), encoding="utf-8") as file:
+            return str(json.load(file)["version"])
+    except OSError:
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
