@@ -776,7 +776,7 @@ class MemoryStore:
                 return False
             data = json.loads(entry[0])
             _apply_changes(data, changes, deleted)
-            self._store(sid, self._entry(_dumps(data), cookie, now_ms), now_ms)
+            self._store(sid, self._entry(_dumps(data), cookie, now_ms, entry[1]), now_ms)
             return True
 
     def touch(self, sid: str, session: Document) -> bool:

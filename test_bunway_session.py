@@ -201,6 +201,23 @@ def wsgi(app: Any, **options: Any) -> SessionMiddleware:
     return SessionMiddleware(app, **options)
 
 
+def run_threads(targets: list[Callable[[], None]], timeout: float = 120) -> list[BaseException]:
+    """Run the targets in threads at once; return what they raised."""
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+    threads = [threading.Thread(target=guarded, args=(target,)) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    return errors
+
+
 # ---------------------------------------------------------------------------
 # §1 Public names and the demo
 # ---------------------------------------------------------------------------
@@ -1264,24 +1281,15 @@ class TestMemoryStore(unittest.TestCase):
         store = MemoryStore()
         now = int(time.time() * 1000)
         barrier = threading.Barrier(8)
-        errors: list[BaseException] = []
 
         def work(n: int) -> None:
-            try:
-                barrier.wait(10)
-                for i in range(300):
-                    store.set(f"s{n}-{i % 10}", document_expiring_at(now + 60_000, n=n, i=i))
-                    loaded = store.get(f"s{n}-{i % 10}")
-                    assert loaded is not None and loaded["n"] == n
-                    store.touch(f"s{n}-{i % 10}", loaded)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        self.assertEqual(errors, [])
+            barrier.wait(10)
+            for i in range(300):
+                store.set(f"s{n}-{i % 10}", document_expiring_at(now + 60_000, n=n, i=i))
+                loaded = store.get(f"s{n}-{i % 10}")
+                assert loaded is not None and loaded["n"] == n
+                store.touch(f"s{n}-{i % 10}", loaded)
+        self.assertEqual(run_threads([lambda n=n: work(n) for n in range(8)]), [])
         self.assertEqual(store.length(), 80)
 
 
@@ -1670,12 +1678,7 @@ class TestFileStore(unittest.TestCase):
                 document = self.store.get("shared")
                 if not consistent(document):
                     bad.append(document)
-        threads = [threading.Thread(target=writer, args=(n,)) for n in range(3)]
-        threads += [threading.Thread(target=reader_thread) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        self.assertEqual(run_threads([lambda n=n: writer(n) for n in range(3)] + [reader_thread] * 3), [])
         self.assertEqual(bad, [])
         self.assertEqual([name for name in self.files() if name.endswith(".tmp")], [])
 
@@ -2128,23 +2131,14 @@ class ConcurrencyContract:
     def test_soak_eight_threads_each_adding_keys_to_one_session(self) -> None:
         _, cookie, sid = self.started()
         barrier = threading.Barrier(8)
-        errors: list[BaseException] = []
 
         def worker(n: int) -> None:
-            try:
-                store = self.second_store() if n % 2 else self.store
-                client = Client(SessionMiddleware(text_app(add_own_key), secret=SECRET, store=store, resave=False))
-                barrier.wait(30)
-                for i in range(25):
-                    client.request(f"/t{n}-{i}", cookie=cookie)
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-        self.assertEqual(errors, [])
+            store = self.second_store() if n % 2 else self.store
+            client = Client(SessionMiddleware(text_app(add_own_key), secret=SECRET, store=store, resave=False))
+            barrier.wait(30)
+            for i in range(25):
+                client.request(f"/t{n}-{i}", cookie=cookie)
+        self.assertEqual(run_threads([lambda n=n: worker(n) for n in range(8)]), [])
         stored = self.stored(sid)
         assert stored is not None
         self.assertEqual({key for key in stored if key.startswith("t")},
