@@ -303,11 +303,6 @@ def _document_expires_ms(document: Mapping[str, Any]) -> int | None:
     raise ValueError(f"cookie.expires is not a timestamp: {expires!r}")
 
 
-def _remaining_ms(document: Mapping[str, Any], now_ms: int) -> int | None:
-    expires = _document_expires_ms(document)
-    return None if expires is None else expires - now_ms
-
-
 # ---------------------------------------------------------------------------
 # The session: SessionCookie and Session
 # ---------------------------------------------------------------------------
@@ -656,8 +651,8 @@ def _lifetime_ms(document: Mapping[str, Any], now_ms: int, ttl: int) -> int:
 
     Raises ValueError when cookie.expires is there but is not a timestamp.
     """
-    remaining = _remaining_ms(document, now_ms)
-    return ttl if remaining is None else remaining
+    expires = _document_expires_ms(document)
+    return ttl if expires is None else expires - now_ms
 
 
 def _check_ttl(ttl: Any) -> int:

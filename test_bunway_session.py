@@ -1373,6 +1373,19 @@ class TestBadInput(unittest.TestCase):
         self.assertEqual(response.body, b"1")
         self.assertNotEqual(sid_of(response.session_cookie()), self.sid)
 
+    def test_remembered_cookie_values_are_bounded_and_only_verified_ones(self) -> None:
+        from unittest import mock
+        with mock.patch.object(bs, "_MAX_VERIFIED", 3):
+            clients = [Client(self.app) for _ in range(5)]
+            for client in clients:
+                client.request()
+                client.request()
+            self.assertLessEqual(len(self.app._verified), 3)
+            for value in ("s%3Aforged.signature", urllib.parse.quote("s:" + sign("x", "other secret"))):
+                Client(self.app).request(cookie="connect.sid=" + value)
+                self.assertNotIn(value, self.app._verified)
+            self.assertEqual([c.request().body for c in clients], [b"3"] * 5)
+
     def test_a_huge_cookie_header_is_handled(self) -> None:
         header = "; ".join(f"c{i}=v{i}" for i in range(5000)) + f"; connect.sid={self.cookie}"
         self.assertEqual(Client(self.app).request(cookie=header).body, b"3")
