@@ -928,8 +928,7 @@ class TestLifecycle(unittest.TestCase):
                 body = b"bye"
             start_response(status, [("Content-Type", "text/plain")])
             return [body]
-        with LiveServer(self.app(store=self.store.inner, save_uninitialized=True).__class__(
-                app, secret=SECRET, store=self.store.inner)) as live:
+        with LiveServer(SessionMiddleware(app, secret=SECRET, store=self.store.inner)) as live:
             opener, jar = browser()
             self.assertEqual(fetch(opener, live.url + "/me")[0], 401)
             before = {c.name: c.value for c in jar}["connect.sid"]
@@ -1618,6 +1617,7 @@ class TestFileStore(unittest.TestCase):
         now = int(self.clock() * 1000)
         self.store.set("a", document_expiring_at(now + 60_000, v=1))
         path = os.path.join(self.folder, "a.json")
+        os.utime(path, (self.clock(), self.clock()))  # written "now", by the store's clock
         before = os.stat(path).st_ino
         self.clock.advance(590)   # 1% of the 60 s max age is 600 ms
         self.assertTrue(self.store.touch("a", document_expiring_at(int(self.clock() * 1000) + 60_000)))
