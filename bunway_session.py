@@ -646,13 +646,10 @@ class SessionStore(Protocol):
         """Delete the session; an unknown ID is not an error."""
 
 
-def _lifetime_ms(document: Mapping[str, Any], now_ms: int, ttl: int) -> int:
-    """How long a store keeps a document from now: until cookie.expires, else for `ttl`.
-
-    Raises ValueError when cookie.expires is there but is not a timestamp.
-    """
-    expires = _document_expires_ms(document)
-    return ttl if expires is None else expires - now_ms
+def _deadline_ms(expires_ms: int | None, written_ms: float, ttl: int) -> float:
+    """When a stored session expires, for every built-in store: at its cookie.expires, or,
+    for a browser-session cookie, `ttl` after its last write."""
+    return written_ms + ttl if expires_ms is None else expires_ms
 
 
 def _check_ttl(ttl: Any) -> int:
@@ -709,7 +706,7 @@ class MemoryStore:
     def _entry(self, data_json: str, cookie: Mapping[str, Any], now_ms: int,
                current: dict[str, Any] | None = None) -> _MemoryEntry:
         expires = _document_expires_ms({"cookie": cookie})
-        deadline = now_ms + self.ttl if expires is None else expires
+        deadline = int(_deadline_ms(expires, now_ms, self.ttl))
         return data_json, self._shape(cookie, current), expires, deadline
 
     @staticmethod
@@ -947,12 +944,12 @@ class FileStore:
             expires = _document_expires_ms(document)
         except ValueError:
             return True
-        if expires is not None:
-            return expires <= now_ms
         last = document.get("__lastAccess")
         if isinstance(last, bool) or not isinstance(last, (int, float)):
-            return True
-        return last + self.ttl <= now_ms
+            if expires is None:
+                return True  # no expiry and no record of its last write
+            last = 0
+        return _deadline_ms(expires, last, self.ttl) <= now_ms
 
     @contextmanager
     def _locked(self, sid: str, wait: bool = True) -> Iterator[bool]:
@@ -1223,7 +1220,8 @@ class RedisStore:
 
     def _ttl_seconds(self, document: Mapping[str, Any]) -> int:
         # connect-redis: whole seconds, rounded up.
-        return math.ceil(_lifetime_ms(document, _now_ms(self._now), self.ttl) / 1000)
+        now_ms = _now_ms(self._now)
+        return math.ceil((_deadline_ms(_document_expires_ms(document), now_ms, self.ttl) - now_ms) / 1000)
 
     def _parse(self, key: str, raw: Any) -> Document:
         document = _loads_document(raw)

@@ -332,26 +332,36 @@ def no_work_contestants() -> tuple[list[Contestant], Any]:
             Contestant("unused, save_uninitialized=False", unused)], CountingStore
 
 
+def compare_stores(stores: dict[str, Any], rounds: int) -> dict[str, tuple[float, float]]:
+    """W2 and W3 against each of a few stores, interleaved in one group: for each workload,
+    the cost with each store (in the dict's order)."""
+    contestants = [Contestant("bare", bare_app)]
+    for label, store in stores.items():
+        w3 = our_app(store, True, resave=False)
+        cookie = returning(w3)
+        contestants += [Contestant(f"{label} W2", our_app(store, False, resave=False), cookie),
+                        Contestant(f"{label} W3", w3, cookie)]
+    measure(contestants, rounds)
+    bare = median(contestants[0])
+    cost = {c.name: median(c) - bare for c in contestants[1:]}
+    first, second = stores
+    return {workload: (cost[f"{first} {workload}"], cost[f"{second} {workload}"]) for workload in ("W2", "W3")}
+
+
 def scale_rows(folder: str) -> list[tuple[str, float, float]]:
-    """W2 and W3 with 1,000 and with 100,000 other sessions in the store, interleaved."""
-    results = []
+    """W2 and W3 with 1,000 and with 100,000 other sessions in the store."""
     document = {"cookie": {"originalMaxAge": DAY_MS, "expires": bs._iso_ms(int(time.time() * 1000) + DAY_MS),
                            "secure": False, "httpOnly": True, "path": "/", "sameSite": "lax"}, "views": 1}
+    results = []
     for kind in ("memory", "file"):
-        contestants = [Contestant("bare", bare_app)]
+        stores = {}
         for count in (1_000, 100_000):
             store = bs.MemoryStore() if kind == "memory" else bs.FileStore(os.path.join(folder, f"scale{count}"))
             for i in range(count):
                 store.set(f"filler{i:06d}", document)
-            w3 = our_app(store, True, resave=False)
-            cookie = returning(w3)
-            contestants += [Contestant(f"W2 {count}", our_app(store, False, resave=False), cookie),
-                            Contestant(f"W3 {count}", w3, cookie)]
-        measure(contestants, max(7, ROUNDS // 2))
-        bare = median(contestants[0])
-        cost = {c.name: median(c) - bare for c in contestants[1:]}
-        for workload in ("W2", "W3"):
-            results.append((f"{kind} {workload}", cost[f"{workload} 1000"], cost[f"{workload} 100000"]))
+            stores[str(count)] = store
+        for workload, (small, large) in compare_stores(stores, max(7, ROUNDS // 2)).items():
+            results.append((f"{kind} {workload}", small, large))
     return results
 
 
@@ -370,17 +380,9 @@ def concurrency_rows(folder: str) -> list[tuple[str, float, float]]:
         safe = bs.MemoryStore() if kind == "memory" else bs.FileStore(os.path.join(folder, "safe"))
         whole = WholeDocumentStore(bs.MemoryStore() if kind == "memory"
                                    else bs.FileStore(os.path.join(folder, "whole")))
-        contestants = [Contestant("bare", bare_app)]
-        for label, store in (("update", safe), ("whole", whole)):
-            w3 = our_app(store, True, resave=False)
-            cookie = returning(w3)
-            contestants += [Contestant(f"{label} W2", our_app(store, False, resave=False), cookie),
-                            Contestant(f"{label} W3", w3, cookie)]
-        measure(contestants, max(5, ROUNDS // 2))
-        bare = median(contestants[0])
-        cost = {c.name: median(c) - bare for c in contestants[1:]}
-        for workload in ("W2", "W3"):
-            results.append((f"{kind} {workload}", cost[f"update {workload}"], cost[f"whole {workload}"]))
+        for workload, (update, whole_cost) in compare_stores({"update": safe, "whole": whole},
+                                                             max(7, ROUNDS // 2)).items():
+            results.append((f"{kind} {workload}", update, whole_cost))
     return results
 
 
