@@ -293,8 +293,11 @@ def _document_expires_ms(document: Mapping[str, Any]) -> int | None:
     Raises ValueError when the field is there but is not a timestamp.
     """
     cookie = document.get("cookie")
-    if not isinstance(cookie, dict):
-        return None
+    return _cookie_expires_ms(cookie) if isinstance(cookie, dict) else None
+
+
+def _cookie_expires_ms(cookie: Mapping[str, Any]) -> int | None:
+    """The same, of a stored cookie object."""
     expires = cookie.get("expires")
     if expires is None:
         return None
@@ -705,7 +708,7 @@ class MemoryStore:
 
     def _entry(self, data_json: str, cookie: Mapping[str, Any], now_ms: int,
                current: dict[str, Any] | None = None) -> _MemoryEntry:
-        expires = _document_expires_ms({"cookie": cookie})
+        expires = _cookie_expires_ms(cookie)
         deadline = int(_deadline_ms(expires, now_ms, self.ttl))
         return data_json, self._shape(cookie, current), expires, deadline
 
