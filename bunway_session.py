@@ -788,17 +788,18 @@ class MemoryStore:
         with self._lock:
             self._entries.pop(sid, None)
 
-    def all(self) -> dict[str, Document]:
+    def _live_entries(self) -> list[tuple[str, _MemoryEntry]]:
+        """Every unexpired session (an administrative call: it looks at them all)."""
+        now_ms = _now_ms(self._now)
         with self._lock:
-            self._prune(_now_ms(self._now))
-            entries = list(self._entries.items())
-        return {sid: self._decode(entry) for sid, entry in entries}
+            self._prune(now_ms)
+            return [(sid, entry) for sid, entry in self._entries.items() if entry[3] > now_ms]
+
+    def all(self) -> dict[str, Document]:
+        return {sid: self._decode(entry) for sid, entry in self._live_entries()}
 
     def length(self) -> int:
-        with self._lock:
-            self._prune(_now_ms(self._now))
-            now_ms = _now_ms(self._now)
-            return sum(1 for entry in self._entries.values() if entry[3] > now_ms)
+        return len(self._live_entries())
 
     @property
     def size(self) -> int:

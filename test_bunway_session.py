@@ -1252,6 +1252,16 @@ class TestMemoryStore(unittest.TestCase):
         self.assertEqual(len(store._entries), 20)
         self.assertEqual((store.size, store.length()), (20, 20))
 
+    def test_all_and_length_agree_when_a_deadline_was_shortened(self) -> None:
+        clock = Clock()
+        store = MemoryStore(now=clock)
+        now = int(clock() * 1000)
+        store.set("a", document_expiring_at(now + 60_000, v=1))
+        store.touch("a", document_expiring_at(now + 1000))  # e.g. the max age was cut
+        store.set("b", document_expiring_at(now + 60_000, v=2))
+        clock.advance(2000)
+        self.assertEqual((sorted(store.all()), store.length()), (["b"], 1))
+
     def test_size_length_all_clear(self) -> None:
         store = MemoryStore()
         now = int(time.time() * 1000)
