@@ -155,22 +155,12 @@ def _decode_cookie_value(value: str) -> str:
         return value
 
 
-def parse_cookie_header(header: str) -> dict[str, str]:
-    """All cookies of a Cookie header, decoded; the first occurrence of a name wins.
+def _find_cookie(header: str, name: str) -> str | None:
+    """The first cookie called `name` in a Cookie header, not yet decoded.
 
     Unlike SimpleCookie.load, which stops at the first cookie it dislikes, a malformed
     piece here is skipped and the rest are still read, as browsers and express do.
     """
-    cookies: dict[str, str] = {}
-    for part in header.split(";"):
-        pair = _split_cookie(part)
-        if pair is not None and pair[0] not in cookies:
-            cookies[pair[0]] = _decode_cookie_value(pair[1])
-    return cookies
-
-
-def _find_cookie(header: str, name: str) -> str | None:
-    """The first cookie called `name`, not yet decoded (the same reading as parse_cookie_header)."""
     for part in header.split(";"):
         if name not in part:  # cheap skip of the other cookies
             continue
@@ -192,6 +182,29 @@ def _percent_encode(match: re.Match[str]) -> str:
 
 def _encode_uri_component(value: str) -> str:
     return _URI_UNSAFE.sub(_percent_encode, value)
+
+
+def serialize_set_cookie(name: str, value: str, cookie: SessionCookie, expires_ms: int | None) -> str:
+    """A Set-Cookie value, attribute for attribute as express-session (via `cookie`) writes it;
+    `value` is already percent-encoded, `expires_ms` the Expires attribute (None: none)."""
+    parts = [name + "=" + value]
+    if cookie.domain:
+        parts.append("Domain=" + cookie.domain)
+    if cookie.path:
+        parts.append("Path=" + cookie.path)
+    if expires_ms is not None:
+        parts.append("Expires=" + _http_date(expires_ms))
+    if cookie.http_only:
+        parts.append("HttpOnly")
+    if cookie.secure:
+        parts.append("Secure")
+    if cookie.partitioned:
+        parts.append("Partitioned")
+    if cookie.priority:
+        parts.append("Priority=" + cookie.priority.capitalize())
+    if cookie.same_site:
+        parts.append("SameSite=" + cookie.same_site.capitalize())
+    return "; ".join(parts)
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -602,15 +615,29 @@ def _encode_data(session: Mapping[str, Any]) -> str:
     """The session data as JSON; a value that is not serializable is named in the error."""
     try:
         return _dumps(session)
-    except (TypeError, ValueError, RecursionError) as exc:
-        for key, value in session.items():
-            try:
-                _dumps(value)
-            except (TypeError, ValueError, RecursionError) as inner:
-                raise TypeError(f"session[{key!r}] cannot be stored: {inner}; session values "
-                                "must be JSON-serializable (str, int, float, bool, None, "
-                                "list, dict)") from None
-        raise TypeError(f"session data cannot be stored as JSON: {exc}") from None
+    except (TypeError, ValueError, RecursionError):
+        pass
+    for key, value in session.items():
+        problem = _json_problem(value)
+        if problem:
+            raise TypeError(f"session[{key!r}] cannot be stored: {problem}; session values "
+                            "must be JSON-serializable (str, int, float, bool, None, "
+                            "list, dict)") from None
+    raise TypeError("session data cannot be stored as JSON")  # pragma: no cover - a key says why
+
+
+def _json_problem(value: Any) -> str | None:
+    """Why `value` cannot be written as JSON, or None. (Only on the error path: the fast
+    encoder does not look for cycles, so a value that contains itself says so here.)"""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        if str(error).startswith("Circular reference"):
+            return "it contains itself (a circular reference)"
+        return str(error)
+    except RecursionError:
+        return "it is nested too deeply"
+    return None
 
 
 def _document(cookie: SessionCookie, data: Mapping[str, Any]) -> Document:
@@ -655,10 +682,10 @@ def _deadline_ms(expires_ms: int | None, written_ms: float, ttl: int) -> float:
     return written_ms + ttl if expires_ms is None else expires_ms
 
 
-def _check_ttl(ttl: Any) -> int:
-    ms = _millis(ttl, "ttl")
+def _check_ttl(ttl: Any, option: str = "ttl") -> int:
+    ms = _millis(ttl, option)
     if ms is None or ms <= 0:
-        raise ValueError(f"ttl must be a positive number of milliseconds, not {ttl!r}")
+        raise ValueError(f"{option} must be a positive number of milliseconds, not {ttl!r}")
     return ms
 
 
@@ -813,18 +840,22 @@ class MemoryStore:
             self._shapes.clear()
 
 
-# FileStore file names: "<sid>.json"; temporary files ".<sid>.json.<random>.tmp"; lock
-# files ".<sid>.json.lock" (session-file-store, which lists "*.json", never sees the others).
+# FileStore file names: "<sid>.json"; temporary files ".<sid>.json.<written ms, hex>-<random>.tmp";
+# lock files ".<sid>.json.lock" (session-file-store, which lists "*.json", never sees the others).
+# A temporary file's name carries when it was started by the store's clock, so judging it
+# stale needs no file time: the store has one notion of time, its clock.
 _FILE_SUFFIX = ".json"
 _TEMP_SUFFIX = ".tmp"
 _LOCK_SUFFIX = ".lock"
 _STALE_TEMP_MS = 600_000       # a writer takes milliseconds; ten minutes means it crashed
 _REAP_BATCH = 4                # directory entries looked at per write while a reap is due
 _MAX_NAME_BYTES = 255
-_MAX_SID_BYTES = _MAX_NAME_BYTES - len(_FILE_SUFFIX) - 18  # room for ".<sid>.json.<12 hex>.tmp"
+_TEMP_TOKEN_CHARS = 21         # "<up to 12 hex digits of ms>-<8 hex>"
+_MAX_SID_BYTES = _MAX_NAME_BYTES - len("." + _FILE_SUFFIX + ".") - _TEMP_TOKEN_CHARS - len(_TEMP_SUFFIX)
 _PLAIN_SID = re.compile(rf"[A-Za-z0-9_-]{{1,{_MAX_SID_BYTES}}}")
 _UNSAFE_SID = re.compile(r"[\x00-\x1f\x7f/\\:]")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_UTIME_FD = os.utime in os.supports_fd
 
 
 def _file_sid_problem(sid: Any) -> str | None:
@@ -872,13 +903,13 @@ class FileStore:
                                         or touch_after < 0):
             raise ValueError(f"touch_after must be None or milliseconds >= 0, not {touch_after!r}")
         self.touch_after = touch_after
-        self.reap_interval = _check_ttl(reap_interval)
+        self.reap_interval = _check_ttl(reap_interval, "reap_interval")
         self._now = now
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         self._prefix = os.path.join(self.path, "")
-        # Where flock exists it serialises writers across threads and processes; elsewhere
-        # this lock does, within the process.
-        self._thread_lock: Any = _NoLock() if fcntl is not None else threading.RLock()
+        # flock serialises writers across threads and processes. Where it does not exist
+        # (Windows) this lock stands in for it within the process; beside flock it is a no-op.
+        self._flock_substitute: Any = _NoLock() if fcntl is not None else threading.RLock()
         self._reap_lock = threading.Lock()
         self._reap_entries: Iterator[os.DirEntry[str]] | None = None
         self._reap_pid = os.getpid()
@@ -900,17 +931,21 @@ class FileStore:
         return self._file(sid)
 
     def _write(self, path: str, document: Document, now_ms: int) -> None:
-        """Write atomically: a uniquely named temporary file, then rename over the target."""
+        """Write atomically: a uniquely named temporary file, then rename over the target.
+        The file's mtime is set to `now_ms`, so the touch tolerance compares the store's
+        clock with the store's clock."""
         document["__lastAccess"] = now_ms
         data = _dumps(document).encode("utf-8")
         folder, name = os.path.split(path)
-        temp = os.path.join(folder, f".{name}.{_secrets.token_hex(6)}{_TEMP_SUFFIX}")
+        temp = os.path.join(folder, f".{name}.{now_ms:x}-{_secrets.token_hex(4)}{_TEMP_SUFFIX}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
         try:
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
+                written_ns = now_ms * 1_000_000
+                os.utime(fd if _UTIME_FD else temp, ns=(written_ns, written_ns))
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -967,7 +1002,7 @@ class FileStore:
         start over with the current one.
         """
         lock_path = self._lock_file(sid)
-        with self._thread_lock:
+        with self._flock_substitute:
             for _ in range(1000):
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o600)
                 try:
@@ -1017,7 +1052,7 @@ class FileStore:
         if not changes and not deleted:  # nothing of the data changed (resave): a touch
             return self.touch(sid, {"cookie": cookie})
         with self._locked(sid):
-            document = self._current(sid)
+            document = self._live_document_or_drop_lock(sid)
             if document is None:
                 return False
             document["cookie"] = cookie
@@ -1027,7 +1062,7 @@ class FileStore:
         self._reap_step(now_ms)
         return True
 
-    def _current(self, sid: str) -> Document | None:
+    def _live_document_or_drop_lock(self, sid: str) -> Document | None:
         """Under the session's lock: its live document, or None (and no lock file left)."""
         document = self._read(self._file(sid))
         if document is None or self._expired(document, _now_ms(self._now)):
@@ -1060,7 +1095,7 @@ class FileStore:
         if now_ms - written_ms < self._touch_tolerance(session.get("cookie")):
             return True
         with self._locked(sid):
-            document = self._current(sid)
+            document = self._live_document_or_drop_lock(sid)
             if document is None:
                 return False
             document["cookie"] = session.get("cookie", document.get("cookie"))
@@ -1106,15 +1141,27 @@ class FileStore:
         with os.scandir(self.path) as entries:
             names = [entry.name for entry in entries]
         for name in names:
-            if self._sid_of(name) is not None or self._is_temp(name) or self._locked_sid(name):
+            if (self._sid_of(name) is not None or self._temp_started_ms(name) is not None
+                    or self._sid_of_lock_file(name)):
                 _unlink_quietly(os.path.join(self.path, name))
 
     @staticmethod
-    def _is_temp(name: str) -> bool:
-        return name.startswith(".") and name.endswith(_TEMP_SUFFIX) and _FILE_SUFFIX + "." in name
+    def _temp_started_ms(name: str) -> int | None:
+        """When this store started the temporary file called `name` (by its clock, from the
+        name), or None if the name is not one of its temporary files."""
+        if not name.startswith(".") or not name.endswith(_TEMP_SUFFIX):
+            return None
+        sid_part, dot_json, token = name[1:-len(_TEMP_SUFFIX)].rpartition(_FILE_SUFFIX + ".")
+        started, dash, random_part = token.partition("-")
+        if not dot_json or not dash or len(random_part) != 8 or _file_sid_problem(sid_part):
+            return None
+        try:
+            return int(started, 16)
+        except ValueError:
+            return None
 
     @staticmethod
-    def _locked_sid(name: str) -> str | None:
+    def _sid_of_lock_file(name: str) -> str | None:
         """The session ID of a lock file's name, or None if it is not one of ours."""
         if not name.startswith(".") or not name.endswith(_FILE_SUFFIX + _LOCK_SUFFIX):
             return None
@@ -1129,13 +1176,10 @@ class FileStore:
 
     def _reap_entry(self, entry: os.DirEntry[str], now_ms: int) -> int:
         name = entry.name
-        if self._is_temp(name):
-            try:
-                stale = entry.stat().st_mtime * 1000 + _STALE_TEMP_MS <= now_ms
-            except FileNotFoundError:
-                return 0
-            return _unlink_quietly(entry.path) if stale else 0
-        sid = self._sid_of(name) or self._locked_sid(name)
+        started_ms = self._temp_started_ms(name)
+        if started_ms is not None:
+            return _unlink_quietly(entry.path) if started_ms + _STALE_TEMP_MS <= now_ms else 0
+        sid = self._sid_of(name) or self._sid_of_lock_file(name)
         if sid is None:
             return 0
         document = self._read(self._file(sid))
@@ -1469,32 +1513,6 @@ def _request_path(environ: Mapping[str, Any]) -> str:
     return (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "") or "/"
 
 
-def serialize_set_cookie(name: str, value: str, cookie: SessionCookie,
-                         expires_ms: int | None = _UNSET) -> str:
-    """A Set-Cookie value, attribute for attribute as express-session (via `cookie`) writes it;
-    `value` is already percent-encoded."""
-    if expires_ms is _UNSET:
-        expires_ms = cookie._expires_ms
-    parts = [name + "=" + value]
-    if cookie.domain:
-        parts.append("Domain=" + cookie.domain)
-    if cookie.path:
-        parts.append("Path=" + cookie.path)
-    if expires_ms is not None:
-        parts.append("Expires=" + _http_date(expires_ms))
-    if cookie.http_only:
-        parts.append("HttpOnly")
-    if cookie.secure:
-        parts.append("Secure")
-    if cookie.partitioned:
-        parts.append("Partitioned")
-    if cookie.priority:
-        parts.append("Priority=" + cookie.priority.capitalize())
-    if cookie.same_site:
-        parts.append("SameSite=" + cookie.same_site.capitalize())
-    return "; ".join(parts)
-
-
 class SessionMiddleware:
     """Wrap a WSGI application so every request under the cookie's path has a session.
 
@@ -1622,8 +1640,8 @@ class _Lifecycle:
     """One request's session and express-session's rules for it: load, then at commit
     decide touch / save / store touch / Set-Cookie with the small predicates below."""
 
-    __slots__ = ("committed", "committed_json", "cookie_id", "cookie_key", "cookie_sent", "cookie_value", "environ",
-                 "gone", "loaded_id", "middleware", "options", "original_id", "original_json",
+    __slots__ = ("committed", "committed_json", "cookie_id", "cookie_secret_index", "cookie_sent", "cookie_value",
+                 "environ", "gone", "id_changed", "loaded_id", "middleware", "options", "original_json",
                  "saved_id", "saved_json", "session")
 
     def __init__(self, middleware: SessionMiddleware, environ: WSGIEnviron,
@@ -1632,7 +1650,7 @@ class _Lifecycle:
         self.environ = environ
         self.options = options
         # The ID the request's cookie names (verified), which secret signed it, its value.
-        self.cookie_id, self.cookie_key, self.cookie_value = middleware._verified_id(environ)
+        self.cookie_id, self.cookie_secret_index, self.cookie_value = middleware._verified_id(environ)
         self.loaded_id: str | None = None   # the ID whose stored copy this request read
         self.saved_id: str | None = None
         self.saved_json: str | None = None
@@ -1640,6 +1658,7 @@ class _Lifecycle:
         self.committed_json: str | None = None
         self.cookie_sent = False
         self.gone = False   # the store said this session no longer exists (logout elsewhere)
+        self.id_changed = False  # regenerate() gave the session a new ID
         session = None
         if self.cookie_id is not None:
             document = middleware.store.get(self.cookie_id)
@@ -1648,11 +1667,9 @@ class _Lifecycle:
         if session is None:
             # A new session: its ID and cookie are made when first used (Session.id).
             self.session = Session({}, None, None, True, self)
-            self.original_id: str | None = None
             self.original_json = "{}"
             return
         self.session = session
-        self.original_id = session._id
         self.original_json = _encode_data(session)
         if not middleware.resave:
             # resave=False: a loaded session counts as saved until it changes.
@@ -1660,8 +1677,7 @@ class _Lifecycle:
 
     def first_id(self) -> str:
         """The new session's ID, made when first asked for."""
-        self.original_id = self.middleware.generate_id(self.environ)
-        return self.original_id
+        return self.middleware.generate_id(self.environ)
 
     def new_cookie(self) -> SessionCookie:
         secure = self.options.needs_scheme and _is_secure(self.environ, self.middleware.proxy)
@@ -1688,7 +1704,7 @@ class _Lifecycle:
         return self.cookie_id is not None and self.cookie_id == self.session._id
 
     def is_modified(self, data_json: str) -> bool:
-        return self.original_id != self.session._id or self.original_json != data_json
+        return self.id_changed or self.original_json != data_json
 
     def is_saved(self, data_json: str) -> bool:
         return self.saved_json == data_json and self.saved_id == self.session._id
@@ -1737,11 +1753,11 @@ class _Lifecycle:
             return []
         self.cookie_sent = True
         return [("Set-Cookie", serialize_set_cookie(self.middleware.name, self._cookie_value(),
-                                                    session.cookie))]
+                                                    session.cookie, session.cookie._expires_ms))]
 
     def _cookie_value(self) -> str:
         """The signed ID, encoded; the request's own cookie when the current secret signed it."""
-        if self.cookie_key == 0 and self.is_cookies_session():
+        if self.cookie_secret_index == 0 and self.is_cookies_session():
             return self.cookie_value
         return self.middleware.cookie_value(self.session.id)
 
@@ -1804,6 +1820,7 @@ class _Lifecycle:
         session.is_new = True
         session._destroyed = False
         self.gone = False
+        self.id_changed = True
 
     def reload(self) -> None:
         session = self.session
@@ -1875,10 +1892,14 @@ class _Response:
         finished = isinstance(body, (list, tuple)) or (
             isinstance(file_wrapper, type) and isinstance(body, file_wrapper))
         if finished and self.status is not None:
-            # The app's code has all run: commit now and hand the body over untouched
-            # (a file wrapper keeps the server's sendfile path).
+            # The app's code has all run: commit now (or, if write() already committed, save
+            # what changed since) and hand the body over untouched (a file wrapper keeps the
+            # server's sendfile path).
             try:
-                self.send_headers()
+                if self.server_write is None:
+                    self.send_headers()
+                else:
+                    self.lifecycle.commit_late()
             except BaseException:
                 close = getattr(body, "close", None)
                 if close is not None:
@@ -1975,17 +1996,21 @@ def demo_app(environ: WSGIEnviron, start_response: StartResponse) -> Iterable[by
     session = get_session(environ)
     method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO") or "/"
 
-    def respond(status: str, page: bytes = b"", location: str | None = None) -> list[bytes]:
+    def respond(status: str, page: bytes = b"", location: str | None = None,
+                allow: str | None = None) -> list[bytes]:
         headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))]
         if location:
             headers.append(("Location", location))
+        if allow:
+            headers.append(("Allow", allow))
         start_response(status, headers)
         return [page]
 
     if path == "/" and method == "GET":
-        session["views"] = session.get("views", 0) + 1
+        views = session["views"] = session.get("views", 0) + 1
+        times = "1 time" if views == 1 else f"{views} times"
         return respond("200 OK", _demo_page("bunway_session demo", session,
-                                            f"<p>You have seen this page {session['views']} times.</p>"))
+                                            f"<p>You have seen this page {times}.</p>"))
     if path == "/login" and method == "GET":
         return respond("200 OK", _demo_page("Log in", session,
                                             '<form method="post"><input name="username" placeholder="alice"> '
@@ -2010,6 +2035,8 @@ def demo_app(environ: WSGIEnviron, start_response: StartResponse) -> Iterable[by
     if path == "/logout" and method == "POST":
         session.destroy()
         return respond("303 See Other", location="/")
+    if path == "/logout":  # logging out changes state: only POST (a link or prefetch must not)
+        return respond("405 Method Not Allowed", b"use POST to log out", allow="POST")
     return respond("404 Not Found", b"not found")
 
 
@@ -2027,13 +2054,25 @@ def main(argv: list[str] | None = None) -> None:
     class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
         daemon_threads = True
 
-    secret = os.environ.get("SESSION_SECRET") or _secrets.token_hex(32)
-    store: Any = FileStore(args.path) if args.store == "file" else MemoryStore()
-    app = SessionMiddleware(demo_app, secret=secret, store=store, save_uninitialized=False)
-    with make_server("127.0.0.1", args.port, app, server_class=ThreadingWSGIServer) as server:
-        print(f"bunway_session demo on http://127.0.0.1:{server.server_port}/ ({args.store} store; "
-              f"log in as alice / wonderland). Set SESSION_SECRET to keep sessions across restarts.",
-              flush=True)
+    secret = os.environ.get("SESSION_SECRET")
+    if args.store == "file":
+        store: Any = FileStore(args.path)
+        lifetime = ("sessions are kept in " + args.path if secret else
+                    "sessions are kept in " + args.path + "; set SESSION_SECRET to keep them "
+                    "valid across restarts")
+    else:
+        store = MemoryStore()
+        lifetime = "sessions live in memory and end when the server stops (--store file keeps them)"
+    app = SessionMiddleware(demo_app, secret=secret or _secrets.token_hex(32), store=store,
+                            save_uninitialized=False)
+    try:
+        server = make_server("127.0.0.1", args.port, app, server_class=ThreadingWSGIServer)
+    except OSError as error:
+        raise SystemExit(f"bunway_session demo: cannot listen on 127.0.0.1:{args.port} "
+                         f"({error.strerror}); choose another port with --port") from None
+    with server:
+        print(f"bunway_session demo on http://127.0.0.1:{server.server_port}/ (log in as alice / "
+              f"wonderland); {lifetime}.", flush=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
