@@ -1,6 +1,6 @@
 // The express-session side of the interop check: the same routes as python_app.py.
-// Configured by environment: PORT, SECRET (comma-separated, first signs), STORE (file|redis),
-// STORE_PATH, REDIS_URL.
+// Configured by environment: PORT (0: any free port), SECRET (comma-separated, first signs),
+// STORE (file|redis), STORE_PATH, REDIS_SOCKET. Prints "listening <port>" once it serves.
 'use strict';
 const crypto = require('crypto');
 const express = require('express');
@@ -11,7 +11,7 @@ async function makeStore() {
   if (process.env.STORE === 'redis') {
     const RedisStore = require('connect-redis').default;
     const { createClient } = require('redis');
-    const client = createClient({ url: process.env.REDIS_URL });
+    const client = createClient({ socket: { path: process.env.REDIS_SOCKET } });
     await client.connect();
     return new RedisStore({ client, prefix: 'sess:', ttl: 86400 });
   }
@@ -54,7 +54,8 @@ async function main() {
     res.json(me(req));
   });
   app.get('/length', (req, res, next) => store.length((err, n) => err ? next(err) : res.json({ length: n })));
-  const server = app.listen(Number(process.env.PORT), '127.0.0.1');
+  const server = app.listen(Number(process.env.PORT), '127.0.0.1',
+                            () => console.log(`listening ${server.address().port}`));
   process.on('SIGTERM', () => server.close(() => process.exit(0)));
 }
 

@@ -1,7 +1,7 @@
 """The bunway_session side of the interop check: the same routes as node_app.js.
 
-Configured by environment: PORT, SECRET (comma-separated, first signs), STORE (file|redis),
-STORE_PATH, REDIS_URL.
+Configured by environment: PORT (0: any free port), SECRET (comma-separated, first signs),
+STORE (file|redis), STORE_PATH, REDIS_SOCKET. Prints "listening <port>" once it serves.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 def make_store() -> Any:
     if os.environ.get("STORE") == "redis":
         import redis
-        return RedisStore(redis.Redis.from_url(os.environ["REDIS_URL"]), prefix="sess:")
+        return RedisStore(redis.Redis(unix_socket_path=os.environ["REDIS_SOCKET"]), prefix="sess:")
     return FileStore(os.environ["STORE_PATH"])
 
 
@@ -93,4 +93,5 @@ if __name__ == "__main__":
     server = make_server("127.0.0.1", int(os.environ["PORT"]), wrapped, server_class=Server,
                          handler_class=QuietHandler)
     signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))
+    print(f"listening {server.server_port}", flush=True)
     server.serve_forever()
