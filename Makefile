@@ -23,14 +23,15 @@ timeshift:
 demo:
 	$(PYTHON) bunway_session.py
 
-# ruff and mypy --strict, from a virtual environment of their own in .cache/lint.
+# ruff and mypy --strict, from a virtual environment of their own in .cache/lint (pinned: a new
+# release of either must not change what passes).
 lint: $(CACHE)/lint/bin/mypy
 	$(CACHE)/lint/bin/ruff check --target-version py39 .
 	$(CACHE)/lint/bin/mypy --strict bunway_session.py
 
 $(CACHE)/lint/bin/mypy:
 	$(PYTHON) -m venv $(CACHE)/lint
-	$(CACHE)/lint/bin/pip install --quiet --disable-pip-version-check ruff mypy
+	$(CACHE)/lint/bin/pip install --quiet --disable-pip-version-check ruff==0.17.6 mypy==2.4.1
 
 # The benchmark, with Beaker for the comparison in .cache/bench.
 bench: $(CACHE)/bench/bin/python

@@ -45,7 +45,6 @@ from bunway_session import (
     Session,
     SessionCookie,
     SessionMiddleware,
-    SessionStore,
     get_session,
     sign,
     unsign,
@@ -399,12 +398,12 @@ class TestPublicNames(unittest.TestCase):
             busy.listen()
             port = busy.getsockname()[1]
             done = subprocess.run([sys.executable, os.path.abspath(bs.__file__), "--port", str(port)],
-                                  capture_output=True, text=True, timeout=60)
+                                  capture_output=True, text=True, timeout=60, check=False)
         self.assertEqual(done.returncode, 1)
         self.assertEqual(done.stdout, "")
         self.assertEqual(done.stderr.strip().splitlines(),
-                         [f"bunway_session demo: cannot listen on 127.0.0.1:{port} (Address already in use); "
-                          "choose another port with --port"])
+                         [(f"bunway_session demo: cannot listen on 127.0.0.1:{port} (Address already in use); "
+                           "choose another port with --port")])
 
     def test_demo_logout_needs_post(self) -> None:
         client = Client(SessionMiddleware(bs.demo_app, secret=SECRET, save_uninitialized=False))
@@ -2037,7 +2036,7 @@ class TTLRecordingClient:
                 self.pipe.__enter__()
                 return self
 
-            def __exit__(self, *exc: Any) -> Any:
+            def __exit__(self, *exc: object) -> Any:
                 return self.pipe.__exit__(*exc)
 
             def __getattr__(self, name: str) -> Any:

@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import threading
+import time
 import traceback
 import urllib.error
 import urllib.request
