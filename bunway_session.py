@@ -20,15 +20,16 @@ service and a Python service sharing a secret and a store share their users' ses
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import difflib
 import errno
 import functools
-import hashlib
 import heapq
 import hmac
 import json
 import json.encoder
+import json.scanner
 import logging
 import math
 import os
@@ -36,7 +37,15 @@ import re
 import secrets as _secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -50,6 +59,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "ASGISessionMiddleware",
     "FileStore",
     "MemoryStore",
     "RedisStore",
@@ -87,7 +97,7 @@ def _secret_bytes(secret: Secret) -> bytes:
 
 
 def _signature(value: str, key: bytes) -> str:
-    mac = hmac.new(key, value.encode("utf-8"), hashlib.sha256).digest()
+    mac = hmac.digest(key, value.encode("utf-8"), "sha256")  # one-shot: no HMAC object
     return base64.b64encode(mac).decode("ascii").rstrip("=")
 
 
@@ -291,11 +301,46 @@ def _json_encoder() -> Callable[[Any], str]:
 _dumps = _json_encoder()
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is out of the range of a double")
+    return value
+
+
+# One JSON parser for everything stored: the C scanner, called directly (json.loads adds
+# three Python calls around it), refusing what JavaScript cannot hold: NaN, Infinity and
+# numbers out of range.
+_scan_json = json.scanner.make_scanner(  # (typeshed types the decoder argument oddly)
+    json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float))  # type: ignore[arg-type]
+_JSON_SPACE = " \t\n\r"
+
+
+def _loads(text: str) -> Any:
+    """The one JSON value in `text`. ValueError when there is not exactly one, or it holds
+    NaN, Infinity or a number out of range; RecursionError when it nests deeper than the
+    interpreter's recursion limit (Node reads deeper documents than Python)."""
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:  # no value at the start: leading whitespace, or none at all
+        stripped = text.lstrip(_JSON_SPACE)
+        if stripped == text or not stripped:
+            raise ValueError("not a JSON value") from None
+        return _loads(stripped)
+    if end != len(text) and text[end:].strip(_JSON_SPACE):
+        raise ValueError(f"extra data after the JSON value, at character {end}")
+    return value
+
+
 def _loads_document(text: str | bytes) -> Document | None:
     """A stored document parsed from JSON text, or None when it is not a JSON object."""
     try:
-        document = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+        document = _loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         return None
     return document if isinstance(document, dict) else None
 
@@ -476,7 +521,8 @@ _DESTROYED_MESSAGE = ("this session was destroyed; call session.regenerate() to 
 class Session(dict[str, Any]):
     """One request's session: a dict of JSON-serializable data plus `id`, `cookie`, `is_new`.
 
-    Created by SessionMiddleware; reach it with get_session(environ).
+    Created by SessionMiddleware or ASGISessionMiddleware; reach it with
+    get_session(environ, scope or request).
     """
 
     __slots__ = ("_cookie", "_destroyed", "_id", "_lifecycle", "is_new")
@@ -497,7 +543,7 @@ class Session(dict[str, Any]):
     def id(self) -> str:
         """The session ID."""
         if self._id is None:
-            self._id = self._lifecycle.first_id()
+            self._id = self._lifecycle.new_id()
         return self._id
 
     @property
@@ -549,25 +595,52 @@ class Session(dict[str, Any]):
         self._check_writable()
         super().clear()
 
-    # The session methods of express-session.
+    # The session methods of express-session. Under ASGI, regenerate() and destroy() do
+    # their store work when the response is committed; save() and reload() have async twins.
     def regenerate(self) -> None:
         """Destroy this session in the store and continue with a new ID, no data and a new
         cookie. Call it at login, so an ID planted before login is worthless after it."""
-        self._lifecycle.regenerate()
+        lifecycle = self._lifecycle
+        lifecycle.discard(None if self._destroyed else self._id, "regenerate")
+        dict.clear(self)
+        self._id = lifecycle.new_id()
+        self._cookie = lifecycle.new_cookie()
+        self.is_new = True
+        self._destroyed = False
+        lifecycle.id_replaced()
 
     def destroy(self) -> None:
         """Delete the session from the store; the response expires the cookie."""
-        self._lifecycle.destroy()
+        if self._destroyed:
+            return
+        self._lifecycle.discard(self._id, "destroy")  # (a new session without an ID was never stored)
+        dict.clear(self)
+        self._destroyed = True
 
     def reload(self) -> None:
         """Replace the data (and cookie) with the store's copy; LookupError if it is gone."""
         self._check_writable()
-        self._lifecycle.reload()
+        self._replace(*self._lifecycle.run(self._lifecycle.reload(self.id), "areload"))
+
+    async def areload(self) -> None:
+        """reload() for an ASGI app: awaits the store."""
+        self._check_writable()
+        self._replace(*await self._lifecycle.arun(self._lifecycle.reload(self.id)))
+
+    def _replace(self, data: Mapping[str, Any], cookie: SessionCookie) -> None:
+        dict.clear(self)
+        dict.update(self, data)
+        self._cookie = cookie
 
     def save(self) -> None:
         """Write the session to the store now (the end of the request then saves only new changes)."""
         self._check_writable()
-        self._lifecycle.save()
+        self._lifecycle.run(self._lifecycle.save_now(), "asave")
+
+    async def asave(self) -> None:
+        """save() for an ASGI app (and a websocket's way to save before it closes): awaits the store."""
+        self._check_writable()
+        await self._lifecycle.arun(self._lifecycle.save_now())
 
     def touch(self) -> None:
         """Reset the cookie's expiry to now + its original max age."""
@@ -745,7 +818,7 @@ class MemoryStore:
         cookie = dict(shape)
         cookie["expires"] = None if expires is None else _iso_ms(expires)
         document: Document = {"cookie": cookie}
-        document.update(json.loads(data))
+        document.update(_loads(data))
         return document
 
     def _live(self, sid: str, now_ms: int) -> _MemoryEntry | None:
@@ -796,7 +869,7 @@ class MemoryStore:
             entry = self._live(sid, now_ms)
             if entry is None:
                 return False
-            data = json.loads(entry[0])
+            data = _loads(entry[0])
             _apply_changes(data, changes, deleted)
             self._store(sid, self._entry(_dumps(data), cookie, now_ms, entry[1]), now_ms)
             return True
@@ -1359,7 +1432,7 @@ class RedisStore:
 
 
 # ---------------------------------------------------------------------------
-# The middleware: options, the request lifecycle, commit
+# Options: what both wrappers accept and share
 # ---------------------------------------------------------------------------
 
 _UNSET: Any = object()
@@ -1465,21 +1538,24 @@ class _CookieOptions:
 
     def new_cookie(self, secure_request: bool, now: Clock) -> SessionCookie:
         """A new session's cookie; "auto" settings follow whether this request is secure."""
-        cookie = SessionCookie(
-            secure=secure_request if self.secure == "auto" else bool(self.secure),
-            http_only=self.http_only, path=self.path, domain=self.domain,
-            same_site=("none" if secure_request else "lax") if self.same_site == "auto" else self.same_site,
-            partitioned=self.partitioned, priority=self.priority, now=now)
+        # Every new session makes one, from options validated once: set the fields directly.
+        cookie = SessionCookie.__new__(SessionCookie)
+        now_ms = _now_ms(now)
         if self.expires_ms is not None:
             cookie._expires_ms = self.expires_ms
-            cookie.original_max_age = self.expires_ms - _now_ms(now)
+            cookie.original_max_age = self.expires_ms - now_ms
         else:
-            cookie.max_age = self.max_age
+            cookie.original_max_age = self.max_age
+            cookie._expires_ms = None if self.max_age is None else now_ms + self.max_age
+        cookie.secure = secure_request if self.secure == "auto" else self.secure is True
+        cookie.http_only = self.http_only
+        cookie.path = self.path
+        cookie.domain = self.domain
+        cookie.same_site = ("none" if secure_request else "lax") if self.same_site == "auto" else self.same_site
+        cookie.partitioned = self.partitioned
+        cookie.priority = self.priority
+        cookie._now = now
         return cookie
-
-    @property
-    def needs_scheme(self) -> bool:
-        return self.secure == "auto" or self.same_site == "auto"
 
 
 def _secrets_option(secret: Any) -> tuple[bytes, ...]:
@@ -1499,98 +1575,110 @@ def _secrets_option(secret: Any) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
-def _is_secure(environ: Mapping[str, Any], proxy: bool | None) -> bool:
-    """https, as the server saw it; with proxy=True also as the first X-Forwarded-Proto says."""
-    if environ.get("wsgi.url_scheme") == "https":
-        return True
-    if proxy is not True:
+def _forwarded_secure(header: str | None) -> bool:
+    """Does the first X-Forwarded-Proto value say the client's connection was secure?"""
+    if not header:
         return False
-    header = str(environ.get("HTTP_X_FORWARDED_PROTO") or "")
-    return header.split(",", 1)[0].strip().lower() == "https"
+    return header.split(",", 1)[0].strip().lower() in ("https", "wss")
 
 
-def _request_path(environ: Mapping[str, Any]) -> str:
-    return (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "") or "/"
+_SHARED_STORE: MemoryStore | None = None
+_SHARED_STORE_LOCK = threading.Lock()
 
 
-class SessionMiddleware:
-    """Wrap a WSGI application so every request under the cookie's path has a session.
+def _shared_memory_store() -> MemoryStore:
+    """The MemoryStore of every wrapper given no store: one per process, so a framework that
+    builds a wrapper per route (Litestar) still has one set of sessions."""
+    global _SHARED_STORE
+    with _SHARED_STORE_LOCK:
+        if _SHARED_STORE is None:
+            _SHARED_STORE = MemoryStore()
+        return _SHARED_STORE
 
-    Options are express-session's (snake_case; its camelCase spellings are accepted too):
-    secret, name, cookie, store, resave, save_uninitialized, rolling, genid, proxy.
-    `now` is the clock (seconds since the epoch), for tests.
-    """
 
-    def __init__(self, app: WSGIApp, *, secret: Any = None, name: str = "connect.sid",
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_-]+")   # what encodeURIComponent leaves as it is, less . ! ~ * ' ( )
+
+
+class _SessionWrapper:
+    """What the WSGI and ASGI wrappers share: their options, reading the session cookie,
+    and making IDs, cookies and cookie values."""
+
+    def __init__(self, app: Any, *, secret: Any = None, name: str = "connect.sid",
                  cookie: Any = None, store: Any = None, resave: bool = True,
                  save_uninitialized: bool = _UNSET, rolling: bool = False,
-                 genid: Callable[[WSGIEnviron], str] | None = None, proxy: bool | None = None,
+                 genid: Callable[[Any], str] | None = None, proxy: bool | None = None,
                  now: Clock = time.time, **express_options: Any) -> None:
+        wrapper = type(self).__name__
         for key, value in express_options.items():
             if key != "saveUninitialized":
-                raise TypeError(f"unknown SessionMiddleware option {key!r}{_did_you_mean(key, _OPTION_NAMES)}")
+                raise TypeError(f"unknown {wrapper} option {key!r}{_did_you_mean(key, self._option_names)}")
             if save_uninitialized is not _UNSET:
                 raise TypeError("give save_uninitialized or saveUninitialized, not both")
             save_uninitialized = value
         if save_uninitialized is _UNSET:
             save_uninitialized = True
         if not callable(app):
-            raise TypeError(f"app must be a WSGI application (a callable), not {type(app).__name__}")
+            raise TypeError(f"app must be {self._app_kind} (a callable), not {type(app).__name__}")
         self.app = app
         self._keys = _secrets_option(secret)
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
             raise ValueError(f"name must be a valid cookie name (letters, digits, !#$%&'*+-.^_`|~), not {name!r}")
         self.name = name
         if callable(cookie):
-            self._cookie_factory: Callable[[WSGIEnviron], Any] | None = cookie
+            self._cookie_factory: Callable[[Any], Any] | None = cookie
             self._cookie_options = _CookieOptions({})
         else:
             self._cookie_factory = None
             self._cookie_options = _CookieOptions(cookie)
-        if store is None:
-            store = MemoryStore(now=now)
-        for method in ("get", "set", "destroy"):
-            if not callable(getattr(store, method, None)):
-                raise TypeError(f"store must have get, set and destroy methods; "
-                                f"{type(store).__name__} has no {method}()")
+        if not callable(now):
+            raise TypeError("now must be a clock: a callable returning seconds since the epoch")
+        self._now = now
+        if store is None:  # a wrapper on its own (test) clock keeps a store on that clock
+            store = _shared_memory_store() if now is time.time else MemoryStore(now=now)
         self.store = store
-        self._store_touch = getattr(store, "touch", None)
-        self._store_update = getattr(store, "update", None)
         self.resave = _require_bool(resave, "resave")
         self.save_uninitialized = _require_bool(save_uninitialized, "save_uninitialized")
         self.rolling = _require_bool(rolling, "rolling")
         if genid is not None and not callable(genid):
-            raise TypeError(f"genid must be a callable(environ) -> str, not {type(genid).__name__}")
+            raise TypeError(f"genid must be a callable({self._carrier}) -> str, not {type(genid).__name__}")
         self._genid = genid
         if proxy not in (None, True, False):
             raise TypeError(f"proxy must be None, True or False, not {proxy!r}")
         self.proxy = proxy
-        if not callable(now):
-            raise TypeError("now must be a clock: a callable returning seconds since the epoch")
-        self._now = now
-        self._warn_multiprocess = isinstance(store, MemoryStore)
         self._verified: dict[str, tuple[str | None, int, str]] = {}
 
-    def generate_id(self, environ: WSGIEnviron) -> str:
-        if self._genid is None:
-            return _secrets.token_urlsafe(24)  # 32 URL-safe characters, as express-session's uid-safe
-        sid = self._genid(environ)
+    _calls: _StoreCalls                       # how this wrapper calls its store (set by each wrapper)
+    _option_names: tuple[str, ...] = _OPTION_NAMES
+    _app_kind = "an application"
+    _carrier = "request"
+
+    def _options_for(self, carrier: Mapping[str, Any]) -> _CookieOptions:
+        if self._cookie_factory is None:
+            return self._cookie_options
+        return _CookieOptions(self._cookie_factory(carrier), f"cookie({self._carrier})")
+
+    def generate_id(self, carrier: Mapping[str, Any]) -> str:
+        if self._genid is None:  # 32 URL-safe characters, as express-session's uid-safe makes them
+            return base64.urlsafe_b64encode(os.urandom(24)).decode("ascii")
+        sid = self._genid(carrier)
         if not isinstance(sid, str) or not sid:
             raise TypeError(f"genid must return a non-empty str, not {sid!r}")
         return sid
 
     def cookie_value(self, sid: str) -> str:
         """The session cookie's value, percent-encoded: "s:" + the signed ID."""
-        return _encode_uri_component("s:" + sid + "." + _signature(sid, self._keys[0]))
+        signature = _signature(sid, self._keys[0])
+        if _PLAIN_VALUE.fullmatch(sid):  # the usual ID: only the signature's + and / need escaping
+            return "s%3A" + sid + "." + signature.replace("+", "%2B").replace("/", "%2F")
+        return _encode_uri_component("s:" + sid + "." + signature)
 
-    def _verified_id(self, environ: Mapping[str, Any]) -> tuple[str | None, int, str]:
+    def _read_cookie(self, header: str | None) -> tuple[str | None, int, str]:
         """Read the request's session cookie: (the session ID, if the signature verifies; the
         index of the secret that signed it, or -1; the cookie value as we would encode it).
 
         A verified value is remembered (a bounded memo of a pure function of the value and
         the secrets), so a returning visitor's next requests skip the decoding and the HMAC.
         """
-        header = environ.get("HTTP_COOKIE")
         raw = _find_cookie(header, self.name) if header else None
         if not raw:
             return None, -1, ""
@@ -1600,102 +1688,168 @@ class SessionMiddleware:
         value = _decode_cookie_value(raw)
         if not value.startswith("s:") or len(value) > _MAX_COOKIE_CHARS:
             return None, -1, ""
-        sid, key = _verify(value[2:], self._keys)
+        sid, index = _verify(value[2:], self._keys)
         if sid is None:
             return None, -1, ""
         if len(self._verified) >= _MAX_VERIFIED:
             self._verified.clear()
-        result = self._verified[raw] = (sid, key, _encode_uri_component(value))
+        result = self._verified[raw] = (sid, index, _encode_uri_component(value))
         return result
 
-    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
-        options = self._cookie_options
-        if self._cookie_factory is not None:
-            options = _CookieOptions(self._cookie_factory(environ), "cookie(environ)")
-        if options.path != "/" and not _request_path(environ).startswith(options.path):
-            return self.app(environ, start_response)
-        if self._warn_multiprocess and environ.get("wsgi.multiprocess"):
-            self._warn_multiprocess = False
-            log.warning("bunway_session: MemoryStore under a multi-process server: each process "
-                        "has its own sessions, so users will lose them between requests. Use "
-                        "FileStore or RedisStore.")
-        lifecycle = _Lifecycle(self, environ, options)
-        environ[ENVIRON_KEY] = lifecycle.session
-        response = _Response(lifecycle, start_response)
-        # If the app raises, nothing is committed: its half-made changes are dropped.
-        body = self.app(environ, response.start_response)
-        return response.wrap(body, environ)
+
+# ---------------------------------------------------------------------------
+# The lifecycle: express-session's rules for one request, without I/O
+# ---------------------------------------------------------------------------
+#
+# _Lifecycle decides; it never calls the store. Where a rule needs the store, a step
+# function (commit, commit_late, commit_websocket, save_now, reload) is a generator that
+# yields the call to make, e.g. ("update", sid, changes, deleted, cookie, max_age), and
+# receives its result. _drive makes the calls directly (WSGI, or a store that never
+# blocks); _adrive awaits them (ASGI). So both wrappers follow the same rules, written once.
+
+if TYPE_CHECKING:
+    StoreCall: TypeAlias = tuple[Any, ...]            # (method name, *arguments)
+    Steps: TypeAlias = Generator[StoreCall, Any, Any]
+
+_STORE_METHODS = ("get", "set", "destroy", "touch", "update")
 
 
-def get_session(environ: Mapping[str, Any]) -> Session:
-    """The request's session; LookupError when there is none."""
-    session = environ.get(ENVIRON_KEY)
-    if session is None:
-        raise LookupError("this request has no session: wrap the app in SessionMiddleware, and "
-                          "check that the request path is under the session cookie's path")
-    return session  # type: ignore[no-any-return]
+def _drive(steps: Steps, methods: Mapping[str, Callable[..., Any]]) -> Any:
+    """Run a step function to its end, making each store call it yields, (name, *arguments),
+    as methods[name](*arguments)."""
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(methods[step[0]](*step[1:]))
+    except StopIteration as end:
+        return end.value
+
+
+async def _adrive(steps: Steps, call: Callable[[StoreCall], Awaitable[Any]]) -> Any:
+    """The same, awaiting each store call."""
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(await call(step))
+    except StopIteration as end:
+        return end.value
+
+
+class _StoreCalls:
+    """How a wrapper calls its store. WSGI calls its methods. From the event loop an async
+    twin (aget, aset, adestroy, atouch, aupdate) is awaited when the store has one; a sync
+    method runs inline when the store says it never blocks (`blocking = False`), and on a
+    worker thread otherwise, so a disk write or a network round trip never stalls the loop."""
+
+    __slots__ = ("can_touch", "can_update", "executor", "inline", "sync", "twins")
+
+    def __init__(self, store: Any, *, asynchronous: bool, executor: Any = None) -> None:
+        self.sync: dict[str, Callable[..., Any]] = {}              # the methods the store has
+        self.twins: dict[str, Callable[..., Awaitable[Any]]] = {}  # and their async twins
+        for method in _STORE_METHODS:
+            sync, twin = getattr(store, method, None), getattr(store, "a" + method, None)
+            if callable(sync):
+                self.sync[method] = sync
+            if asynchronous and callable(twin):
+                self.twins[method] = twin
+            if method in ("get", "set", "destroy") and method not in self.sync and method not in self.twins:
+                needed = "get, set and destroy" + (" (or aget, aset and adestroy)" if asynchronous else "")
+                hint = ("; a store with only async methods serves ASGISessionMiddleware"
+                        if not asynchronous and callable(twin) else "")
+                raise TypeError(f"store must have {needed} methods; {type(store).__name__} has no "
+                                f"{method}(){hint}")
+        # Everything inline: no twins, and the store's sync methods never block.
+        self.inline = not self.twins and getattr(store, "blocking", True) is False
+        self.executor = executor
+        self.can_touch = "touch" in self.sync or "touch" in self.twins
+        self.can_update = "update" in self.sync or "update" in self.twins
+
+    async def acall(self, step: StoreCall) -> Any:
+        """Make one store call from the event loop."""
+        name = step[0]
+        twin = self.twins.get(name)
+        if twin is not None:
+            return await twin(*step[1:])
+        method = self.sync[name]
+        if self.inline:
+            return method(*step[1:])
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(method, *step[1:]))
+
+    def from_thread(self, loop: asyncio.AbstractEventLoop) -> dict[str, Callable[..., Any]]:
+        """The store's methods for a worker thread of an ASGI app (a sync view): a sync method
+        runs there; an async-only one runs on the loop, and the thread waits for it."""
+        def on_loop(name: str) -> Callable[..., Any]:
+            return lambda *arguments: asyncio.run_coroutine_threadsafe(self.acall((name, *arguments)), loop).result()
+        return {name: self.sync.get(name) or on_loop(name) for name in _STORE_METHODS}
 
 
 class _Lifecycle:
-    """One request's session and express-session's rules for it: load, then at commit
-    decide touch / save / store touch / Set-Cookie with the small predicates below."""
+    """One request's session and express-session's rules for it, written once for both
+    wrappers: load, then at commit decide save / store touch / Set-Cookie with the small
+    predicates below. `loop` is the ASGI app's event loop (None under WSGI)."""
 
-    __slots__ = ("committed", "committed_json", "cookie_id", "cookie_secret_index", "cookie_sent", "cookie_value",
-                 "environ", "gone", "id_changed", "loaded_id", "middleware", "options", "original_json",
-                 "saved_id", "saved_json", "session")
+    __slots__ = ("carrier", "committed", "committed_json", "cookie_id", "cookie_secret_index",
+                 "cookie_sent", "cookie_value", "discarded", "gone", "id_changed", "loaded_id",
+                 "loop", "options", "original_json", "saved_id", "saved_json", "secure", "session",
+                 "websocket", "wrapper")
 
-    def __init__(self, middleware: SessionMiddleware, environ: WSGIEnviron,
-                 options: _CookieOptions) -> None:
-        self.middleware = middleware
-        self.environ = environ
+    def __init__(self, wrapper: _SessionWrapper, carrier: Mapping[str, Any], secure: bool,
+                 cookie_header: str | None, options: _CookieOptions,
+                 loop: asyncio.AbstractEventLoop | None = None, websocket: bool = False) -> None:
+        self.wrapper = wrapper
+        self.carrier = carrier          # the environ or scope: what genid and a cookie callable get
+        self.secure = secure            # the request came over https (or wss)
         self.options = options
+        self.loop = loop
+        self.websocket = websocket
         # The ID the request's cookie names (verified), which secret signed it, its value.
-        self.cookie_id, self.cookie_secret_index, self.cookie_value = middleware._verified_id(environ)
+        self.cookie_id, self.cookie_secret_index, self.cookie_value = wrapper._read_cookie(cookie_header)
         self.loaded_id: str | None = None   # the ID whose stored copy this request read
-        self.saved_id: str | None = None
+        self.original_json = "{}"           # the data as loaded (JSON)
+        self.saved_id: str | None = None    # the ID and data the store holds, as far as we know
         self.saved_json: str | None = None
         self.committed = False
         self.committed_json: str | None = None
         self.cookie_sent = False
-        self.gone = False   # the store said this session no longer exists (logout elsewhere)
+        self.gone = False        # the store said this session no longer exists (logout elsewhere)
         self.id_changed = False  # regenerate() gave the session a new ID
+        self.discarded: list[str] = []   # IDs that regenerate() or destroy() left to delete
+
+    # -- loading ---------------------------------------------------------------
+
+    def load(self, document: Document | None) -> Session:
+        """The request's session, from what the store returned for the cookie's ID (None:
+        no cookie, or no such session): a loaded session, or a new one."""
         session = None
-        if self.cookie_id is not None:
-            document = middleware.store.get(self.cookie_id)
-            if document is not None:
-                session = self._inflate(self.cookie_id, document)
+        if document is not None:
+            stored_cookie = document.pop("cookie", None)
+            document.pop("__lastAccess", None)  # another store's bookkeeping, not session data
+            if stored_cookie.__class__ is not dict:
+                cookie: SessionCookie | None = self.new_cookie()
+            else:
+                try:
+                    cookie = SessionCookie.from_dict(stored_cookie, self.wrapper._now)
+                except ValueError:  # an unusable stored cookie: a new session instead
+                    cookie = None
+            if cookie is not None:
+                session = Session(document, self.cookie_id, cookie, False, self)
         if session is None:
             # A new session: its ID and cookie are made when first used (Session.id).
-            self.session = Session({}, None, None, True, self)
-            self.original_json = "{}"
-            return
+            session = Session({}, None, None, True, self)
+        else:
+            self.loaded_id = session._id
+            self.original_json = _encode_data(session)
+            if not self.wrapper.resave:
+                # resave=False: a loaded session counts as saved until it changes.
+                self.saved_id, self.saved_json = session._id, self.original_json
         self.session = session
-        self.original_json = _encode_data(session)
-        if not middleware.resave:
-            # resave=False: a loaded session counts as saved until it changes.
-            self.saved_id, self.saved_json = session._id, self.original_json
+        return session
 
-    def first_id(self) -> str:
-        """The new session's ID, made when first asked for."""
-        return self.middleware.generate_id(self.environ)
+    def new_id(self) -> str:
+        return self.wrapper.generate_id(self.carrier)
 
     def new_cookie(self) -> SessionCookie:
-        secure = self.options.needs_scheme and _is_secure(self.environ, self.middleware.proxy)
-        return self.options.new_cookie(secure, self.middleware._now)
-
-    def _inflate(self, sid: str, document: Document) -> Session | None:
-        """A Session from a stored document; None if the document is unusable."""
-        stored_cookie = document.pop("cookie", None)
-        document.pop("__lastAccess", None)  # another store's bookkeeping, not session data
-        if stored_cookie.__class__ is dict:
-            try:
-                cookie = SessionCookie.from_dict(stored_cookie, self.middleware._now)
-            except ValueError:
-                return None
-        else:
-            cookie = self.new_cookie()
-        self.loaded_id = sid
-        return Session(document, sid, cookie, False, self)
+        return self.options.new_cookie(self.secure, self.wrapper._now)
 
     # -- express-session's predicates ----------------------------------------
 
@@ -1711,30 +1865,33 @@ class _Lifecycle:
 
     def should_save(self, data_json: str) -> bool:
         # An uninitialized new session is stored only once it holds something.
-        if (not self.middleware.save_uninitialized and self.saved_id is None
+        if (not self.wrapper.save_uninitialized and self.saved_id is None
                 and not self.is_cookies_session()):
             return self.is_modified(data_json)
         return not self.is_saved(data_json)
 
     def should_touch(self) -> bool:
-        return self.is_cookies_session() and self.middleware._store_touch is not None
+        return self.is_cookies_session() and self.wrapper._calls.can_touch
 
     def should_set_cookie(self, data_json: str) -> bool:
         if not self.is_cookies_session():
-            return self.middleware.save_uninitialized or self.is_modified(data_json)
-        return self.middleware.rolling or (
+            return self.wrapper.save_uninitialized or self.is_modified(data_json)
+        return self.wrapper.rolling or (
             self.session.cookie._expires_ms is not None and self.is_modified(data_json))
 
     def may_send_cookie(self) -> bool:
         # A Secure cookie never goes out over plain http.
-        return not self.session.cookie.secure or _is_secure(self.environ, self.middleware.proxy)
+        return not self.session.cookie.secure or self.secure
 
-    # -- commit ----------------------------------------------------------------
+    # -- the step functions ------------------------------------------------------
 
-    def commit(self) -> list[tuple[str, str]]:
-        """The end of the request, just before the headers go out: touch, then save or
-        store-touch, then the Set-Cookie header if one is due. Returns the extra headers."""
+    def commit(self) -> Steps:
+        """The end of the request, just before the headers go out: touch the cookie, then
+        save or store-touch the session, then the Set-Cookie header if one is due. Returns
+        the Set-Cookie values to add."""
         self.committed = True
+        if self.discarded:
+            yield from self._destroy_discarded()
         session = self.session
         if session._destroyed:
             return self._expired_cookie() if self.cookie_id is not None else []
@@ -1743,100 +1900,153 @@ class _Lifecycle:
         data_json = _encode_data(session) if session else "{}"
         self.committed_json = data_json
         if self.should_save(data_json):
-            self._save(data_json)
+            yield from self._save(data_json)
         elif self.should_touch():
-            touch = self.middleware._store_touch
-            assert touch is not None
-            if touch(session.id, _document(session.cookie, session)) is False:
+            touched = yield ("touch", session.id, _document(session.cookie, session))
+            if touched is False:
                 self.gone = True
         if self.gone or not self.should_set_cookie(data_json) or not self.may_send_cookie():
             return []
         self.cookie_sent = True
-        return [("Set-Cookie", serialize_set_cookie(self.middleware.name, self._cookie_value(),
-                                                    session.cookie, session.cookie._expires_ms))]
+        return [serialize_set_cookie(self.wrapper.name, self._cookie_value(), session.cookie,
+                                     session.cookie._expires_ms)]
 
-    def _cookie_value(self) -> str:
-        """The signed ID, encoded; the request's own cookie when the current secret signed it."""
-        if self.cookie_secret_index == 0 and self.is_cookies_session():
-            return self.cookie_value
-        return self.middleware.cookie_value(self.session.id)
-
-    def commit_late(self) -> None:
-        """At close(): save changes made while a streaming body was produced."""
+    def commit_late(self) -> Steps:
+        """At the end of a response whose headers went out earlier: save what changed since."""
+        if self.discarded:
+            yield from self._destroy_discarded()
         session = self.session
         if session._destroyed or self.gone:
             return
         data_json = _encode_data(session)
         client_has_it = self.cookie_sent or self.is_cookies_session()
         if data_json != self.committed_json and client_has_it and not self.is_saved(data_json):
-            self._save(data_json)
+            yield from self._save(data_json)
 
-    def _expired_cookie(self) -> list[tuple[str, str]]:
-        if not self.may_send_cookie():
-            return []
-        return [("Set-Cookie", serialize_set_cookie(self.middleware.name, "", self.session.cookie, 0))]
+    def commit_websocket(self) -> Steps:
+        """When a websocket's handler returns (or at asave()): its changes to a loaded
+        session, key by key, leaving the stored cookie and expiry as they are (an HTTP
+        request may have moved them meanwhile); nothing if the session is gone."""
+        session = self.session
+        if self.loaded_id is None or self.gone:
+            return  # a websocket never creates a stored session
+        data_json = _encode_data(session)
+        base = self.saved_json if self.saved_json is not None else self.original_json
+        if data_json == base:
+            return
+        if not self.wrapper._calls.can_update:
+            raise TypeError(f"a websocket saves its changes key by key with the store's update() (or "
+                            f"aupdate()); {type(self.wrapper.store).__name__} has neither, so the "
+                            f"changes to session[{', '.join(map(repr, _changed_keys(base, data_json, session)[0]))}] "
+                            "are not saved")
+        changes, deleted = _changed_keys(base, data_json, session)
+        if (yield ("update", self.loaded_id, changes, deleted, None, None)):
+            self.saved_id, self.saved_json = self.loaded_id, data_json
+        else:
+            self.gone = True
 
-    def _save(self, data_json: str) -> None:
+    def save_now(self) -> Steps:
+        """session.save() and asave()."""
+        if self.websocket:
+            yield from self.commit_websocket()
+            return
+        if self.discarded:
+            yield from self._destroy_discarded()
+        yield from self._save(_encode_data(self.session))
+
+    def reload(self, sid: str) -> Steps:
+        """session.reload() and areload(): the stored copy's data and cookie."""
+        document = yield ("get", sid)
+        stored_cookie = document.pop("cookie", None) if document is not None else None
+        if stored_cookie.__class__ is not dict:
+            raise LookupError(f"session {sid!r} is no longer in the store (destroyed or expired); "
+                              "it cannot be reloaded")
+        cookie = SessionCookie.from_dict(stored_cookie, self.wrapper._now)
+        document.pop("__lastAccess", None)
+        # The store holds exactly this now: later saves apply changes made after it.
+        self.loaded_id = sid
+        self.saved_id, self.saved_json = sid, _encode_data(document)
+        self.gone = False
+        return document, cookie
+
+    def _save(self, data_json: str) -> Steps:
         """Write the session. A session this request loaded is updated key by key onto the
         store's current copy when the store can (so parallel requests keep each other's
         keys, and a session destroyed meanwhile stays destroyed); otherwise the whole
         document is written, as express-session does."""
         session = self.session
-        store = self.middleware.store
-        update = self.middleware._store_update
         cookie = session.cookie
-        if update is not None and self.loaded_id is not None and self.loaded_id == session._id:
+        if self.loaded_id is not None and self.loaded_id == session._id and self.wrapper._calls.can_update:
             base = self.saved_json if self.saved_json is not None and self.saved_id == session._id \
                 else self.original_json
             changes, deleted = _changed_keys(base, data_json, session)
-            if not update(session.id, changes, deleted, cookie.to_dict(), cookie.max_age):
+            if not (yield ("update", session.id, changes, deleted, cookie.to_dict(), cookie.max_age)):
                 self.gone = True
                 return
         else:
-            store.set(session.id, _document(cookie, session), cookie.max_age)
+            yield ("set", session.id, _document(cookie, session), cookie.max_age)
         self.saved_id, self.saved_json = session._id, data_json
 
-    # -- the session's methods -------------------------------------------------
+    def _destroy_discarded(self) -> Steps:
+        while self.discarded:
+            yield ("destroy", self.discarded.pop(0))
 
-    def save(self) -> None:
-        self._save(_encode_data(self.session))
+    def _expired_cookie(self) -> list[str]:
+        if not self.may_send_cookie():
+            return []
+        return [serialize_set_cookie(self.wrapper.name, "", self.session.cookie, 0)]
 
-    def destroy(self) -> None:
-        session = self.session
-        if session._destroyed:
+    def _cookie_value(self) -> str:
+        """The signed ID, encoded; the request's own cookie when the current secret signed it."""
+        if self.cookie_secret_index == 0 and self.is_cookies_session():
+            return self.cookie_value
+        return self.wrapper.cookie_value(self.session.id)
+
+    # -- what the session's methods need ------------------------------------------
+
+    def discard(self, sid: str | None, method: str) -> None:
+        """regenerate() and destroy() leave the session `sid` to be deleted from the store:
+        at once under WSGI, as express-session does; at commit under ASGI (a sync method
+        cannot await the store)."""
+        if self.websocket:
+            raise RuntimeError(f"session.{method}() is not possible on a websocket: its handshake "
+                               "cannot send a cookie. Log in and out over HTTP.")
+        if sid is None:
             return
-        if session._id is not None:  # (a new session that never got an ID was never stored)
-            self.middleware.store.destroy(session._id)
-        dict.clear(session)
-        session._destroyed = True
+        self.discarded.append(sid)
+        if self.loop is None:
+            _drive(self._destroy_discarded(), self.wrapper._calls.sync)
 
-    def regenerate(self) -> None:
-        session = self.session
-        if not session._destroyed and session._id is not None:
-            self.middleware.store.destroy(session._id)
-        dict.clear(session)
-        session._id = self.middleware.generate_id(self.environ)
-        session._cookie = self.new_cookie()
-        session.is_new = True
-        session._destroyed = False
+    def id_replaced(self) -> None:
+        """regenerate() gave the session a new ID."""
         self.gone = False
         self.id_changed = True
 
-    def reload(self) -> None:
-        session = self.session
-        document = self.middleware.store.get(session.id)
-        stored_cookie = document.get("cookie") if document is not None else None
-        if document is None or not isinstance(stored_cookie, dict):
-            raise LookupError(f"session {session.id!r} is no longer in the store "
-                              "(destroyed or expired); it cannot be reloaded")
-        session._cookie = SessionCookie.from_dict(stored_cookie, self.middleware._now)
-        dict.clear(session)
-        dict.update(session, {key: value for key, value in document.items()
-                              if key != "cookie" and key != "__lastAccess"})
-        # The store holds exactly this now: later saves apply changes made after it.
-        self.loaded_id = session.id
-        self.saved_id, self.saved_json = session._id, _encode_data(session)
-        self.gone = False
+    def run(self, steps: Steps, twin: str) -> Any:
+        """A sync session method's store calls: directly under WSGI, from a worker thread of
+        an ASGI app, or on its event loop's thread when the store never blocks."""
+        calls = self.wrapper._calls
+        if self.loop is None:
+            return _drive(steps, calls.sync)
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is None:
+            return _drive(steps, calls.from_thread(self.loop))
+        if calls.inline:
+            return _drive(steps, calls.sync)
+        method = twin[1:]
+        raise RuntimeError(f"session.{method}() on the event loop would block it with "
+                           f"{type(self.wrapper.store).__name__}: use 'await session.{twin}()' (or call "
+                           f"session.{method}() from a sync view, which runs on a worker thread)")
+
+    async def arun(self, steps: Steps) -> Any:
+        """An async session method's store calls, or the ASGI wrapper's."""
+        calls = self.wrapper._calls
+        if self.loop is None or calls.inline:
+            return _drive(steps, calls.sync)
+        return await _adrive(steps, calls.acall)
 
 
 def _changed_keys(base_json: str, data_json: str, data: Mapping[str, Any]
@@ -1844,11 +2054,60 @@ def _changed_keys(base_json: str, data_json: str, data: Mapping[str, Any]
     """The top-level keys set (new or with a different JSON value) and deleted since `base_json`."""
     if base_json == data_json:
         return {}, []
-    base = json.loads(base_json)
+    base = _loads(base_json)
     changes = {key: value for key, value in data.items()
                if key not in base or _dumps(value) != _dumps(base[key])}
     deleted = [key for key in base if key not in data]
     return changes, deleted
+
+
+# ---------------------------------------------------------------------------
+# WSGI: SessionMiddleware
+# ---------------------------------------------------------------------------
+
+def _is_secure(environ: Mapping[str, Any], proxy: bool | None) -> bool:
+    """https, as the server saw it; with proxy=True also as the first X-Forwarded-Proto says."""
+    if environ.get("wsgi.url_scheme") == "https":
+        return True
+    return proxy is True and _forwarded_secure(environ.get("HTTP_X_FORWARDED_PROTO"))
+
+
+def _request_path(environ: Mapping[str, Any]) -> str:
+    return (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "") or "/"
+
+
+class SessionMiddleware(_SessionWrapper):
+    """Wrap a WSGI application so every request under the cookie's path has a session.
+
+    Options are express-session's (snake_case; its camelCase spellings are accepted too):
+    secret, name, cookie, store, resave, save_uninitialized, rolling, genid, proxy.
+    `now` is the clock (seconds since the epoch), for tests.
+    """
+
+    _app_kind = "a WSGI application"
+    _carrier = "environ"
+
+    def __init__(self, app: WSGIApp, **options: Any) -> None:
+        super().__init__(app, **options)
+        self._calls = _StoreCalls(self.store, asynchronous=False)
+        self._warn_multiprocess = isinstance(self.store, MemoryStore)
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        options = self._cookie_options if self._cookie_factory is None else self._options_for(environ)
+        if options.path != "/" and not _request_path(environ).startswith(options.path):
+            return self.app(environ, start_response)  # type: ignore[no-any-return]
+        if self._warn_multiprocess and environ.get("wsgi.multiprocess"):
+            self._warn_multiprocess = False
+            log.warning("bunway_session: MemoryStore under a multi-process server: each process "
+                        "has its own sessions, so users will lose them between requests. Use "
+                        "FileStore or RedisStore.")
+        lifecycle = _Lifecycle(self, environ, _is_secure(environ, self.proxy), environ.get("HTTP_COOKIE"), options)
+        sid = lifecycle.cookie_id
+        environ[ENVIRON_KEY] = lifecycle.load(None if sid is None else self.store.get(sid))
+        response = _Response(lifecycle, start_response)
+        # If the app raises, nothing is committed: its half-made changes are dropped.
+        body = self.app(environ, response.start_response)
+        return response.wrap(body, environ)
 
 
 class _Response:
@@ -1884,8 +2143,11 @@ class _Response:
             return
         if self.status is None:
             raise RuntimeError("the application produced a body before calling start_response")
-        extra = self.lifecycle.commit()
-        self.server_write = self.server_start_response(self.status, [*self.headers, *extra])
+        set_cookies = _drive(self.lifecycle.commit(), self.lifecycle.wrapper._calls.sync)
+        headers = self.headers
+        if set_cookies:
+            headers = [*headers, *[("Set-Cookie", value) for value in set_cookies]]
+        self.server_write = self.server_start_response(self.status, headers)
 
     def wrap(self, body: Iterable[bytes], environ: WSGIEnviron) -> Iterable[bytes]:
         file_wrapper = environ.get("wsgi.file_wrapper")
@@ -1899,7 +2161,7 @@ class _Response:
                 if self.server_write is None:
                     self.send_headers()
                 else:
-                    self.lifecycle.commit_late()
+                    self.commit_late()
             except BaseException:
                 close = getattr(body, "close", None)
                 if close is not None:
@@ -1908,14 +2170,18 @@ class _Response:
             return body
         return _Body(self, body)
 
+    def commit_late(self) -> None:
+        _drive(self.lifecycle.commit_late(), self.lifecycle.wrapper._calls.sync)
+
     def finish(self) -> None:
         """close(): save what changed while streaming, unless the app failed."""
         if self.failed:
             return
         if self.lifecycle.committed:
-            self.lifecycle.commit_late()
+            self.commit_late()
         elif self.status is not None:
-            self.lifecycle.commit()  # closed before any body: still save, no headers left to send
+            # Closed before any body: still save; there are no headers left to send.
+            _drive(self.lifecycle.commit(), self.lifecycle.wrapper._calls.sync)
 
 
 class _Body:
@@ -1966,6 +2232,157 @@ class _Body:
                 close()
         finally:
             self.response.finish()
+
+
+# ---------------------------------------------------------------------------
+# ASGI: ASGISessionMiddleware
+# ---------------------------------------------------------------------------
+
+def _scope_path(scope: Mapping[str, Any]) -> str:
+    """The full path, as the cookie path is matched against: root_path + path, without
+    doubling it where the server already puts the root path in `path`."""
+    path = scope.get("path") or "/"
+    root = scope.get("root_path") or ""
+    return path if not root or path.startswith(root) else root + path
+
+
+def _header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[str]:
+    return [value.decode("latin-1") for key, value in headers if key.lower() == name]
+
+
+def _scope_is_secure(scope: Mapping[str, Any], proxy: bool | None) -> bool:
+    """https or wss, as the server saw it; with proxy=True also as the first X-Forwarded-Proto says."""
+    if scope.get("scheme") in ("https", "wss"):
+        return True
+    if proxy is not True:
+        return False
+    forwarded = _header_values(scope.get("headers") or (), b"x-forwarded-proto")
+    return bool(forwarded) and _forwarded_secure(forwarded[0])
+
+
+def _ends_body(message: Mapping[str, Any]) -> bool:
+    kind: str = message["type"]
+    if kind == "http.response.body" or kind == "http.response.zerocopysend":
+        return not message.get("more_body", False)
+    return kind == "http.response.pathsend"
+
+
+class ASGISessionMiddleware(_SessionWrapper):
+    """Wrap an ASGI application (Starlette, FastAPI, Quart, Litestar, Django) so every HTTP
+    request and websocket under the cookie's path has a session: scope["bunway.session"],
+    and scope["session"] unless another middleware put something there.
+
+    The options are SessionMiddleware's (a callable `cookie` and `genid` receive the scope),
+    plus `executor`: where the sync methods of a store that may block run (default: the
+    event loop's default executor).
+    """
+
+    _option_names = (*_OPTION_NAMES, "executor")
+    _app_kind = "an ASGI application"
+    _carrier = "scope"
+
+    def __init__(self, app: Any, *, executor: Any = None, **options: Any) -> None:
+        super().__init__(app, **options)
+        self._calls = _StoreCalls(self.store, asynchronous=True, executor=executor)
+        self._warned_session_key = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":  # lifespan, and types we do not know
+            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
+        options = self._options_for(scope)
+        if options.path != "/" and not _scope_path(scope).startswith(options.path):
+            return await self.app(scope, receive, send)  # type: ignore[no-any-return]
+        headers = scope.get("headers") or ()
+        cookies = _header_values(headers, b"cookie")
+        websocket = kind == "websocket"
+        lifecycle = _Lifecycle(self, scope, _scope_is_secure(scope, self.proxy),
+                               "; ".join(cookies) if cookies else None, options,
+                               asyncio.get_running_loop(), websocket)
+        sid = lifecycle.cookie_id
+        document = None
+        if sid is not None:
+            calls = self._calls
+            document = calls.sync["get"](sid) if calls.inline else await calls.acall(("get", sid))
+        session = lifecycle.load(document)
+        scope = dict(scope)
+        scope[ENVIRON_KEY] = session
+        if "session" not in scope:
+            scope["session"] = session
+        elif not self._warned_session_key:
+            self._warned_session_key = True
+            log.warning("bunway_session: scope['session'] was already set by another middleware; "
+                        "this session is at scope['bunway.session'] and get_session(request)")
+        if websocket:
+            # The handshake reply goes out as the app sends it (no Set-Cookie); the
+            # websocket's changes are saved when its handler returns.
+            await self.app(scope, receive, send)
+            await lifecycle.arun(lifecycle.commit_websocket())
+            return None
+        # If the app raises, what was not committed is dropped, and the error propagates.
+        await self.app(scope, receive, _ASGIResponse(lifecycle, send).send)
+        return None
+
+
+class _ASGIResponse:
+    """Holds the app's http.response.start until the session is committed, at the first
+    non-empty body message, a body message that ends the response, or a response extension
+    (pathsend, zerocopysend, trailers); then the start goes out with the Set-Cookie added.
+    Changes made while the body streams are saved before the last body message is passed
+    on, so the client's next request sees them."""
+
+    __slots__ = ("ended", "lifecycle", "send_to_server", "start")
+
+    def __init__(self, lifecycle: _Lifecycle, send: Callable[[Any], Awaitable[None]]) -> None:
+        self.lifecycle = lifecycle
+        self.send_to_server = send
+        self.start: dict[str, Any] | None = None
+        self.ended = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        if self.start is not None:
+            if message["type"] == "http.response.body" and not message.get("body") \
+                    and message.get("more_body", False):
+                return  # nothing to send yet, and nothing may go out before the headers
+            self.ended = _ends_body(message)  # the commit covers everything the app did
+            await self._send_start()
+        elif not self.ended and _ends_body(message):
+            self.ended = True
+            await self.lifecycle.arun(self.lifecycle.commit_late())
+        await self.send_to_server(message)
+
+    async def _send_start(self) -> None:
+        start, self.start = self.start, None
+        assert start is not None
+        # A store error here propagates to the app and the server before anything is sent.
+        set_cookies = await self.lifecycle.arun(self.lifecycle.commit())
+        if set_cookies:
+            start = dict(start)
+            start["headers"] = [*start.get("headers", ()),
+                                *[(b"set-cookie", value.encode("latin-1")) for value in set_cookies]]
+        await self.send_to_server(start)
+
+
+def get_session(request: Any) -> Session:
+    """The request's session, from a WSGI environ, an ASGI scope, or a framework's request
+    object that carries one (`.scope`: Starlette, FastAPI, Quart, Litestar, Django ASGI;
+    `.environ`: Flask, Werkzeug, Bottle; `.META`: Django WSGI). LookupError when there is none."""
+    carrier = request
+    for attribute in ("scope", "environ", "META"):
+        inner = getattr(request, attribute, None)
+        if isinstance(inner, Mapping):
+            carrier = inner
+            break
+    session = carrier.get(ENVIRON_KEY) if isinstance(carrier, Mapping) else None
+    if session is None:
+        raise LookupError("this request has no session: wrap the app in SessionMiddleware (WSGI) or "
+                          "ASGISessionMiddleware (ASGI), and check that the request path is under the "
+                          "session cookie's path")
+    return session  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------
