@@ -7,8 +7,11 @@ Run: python -m unittest            (Redis tests run when redis-server and redis-
 
 from __future__ import annotations
 
+import asyncio
+import http
 import http.client
 import http.cookiejar
+import inspect
 import io
 import json
 import logging
@@ -26,7 +29,7 @@ import unittest
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta, timezone
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
 import bunway_session as bs
 from bunway_session import (
+    ASGISessionMiddleware,
     FileStore,
     MemoryStore,
     RedisStore,
@@ -137,14 +141,101 @@ class Client:
             if close:
                 close()
         response = Response(captured["status"], captured["headers"], b"".join(written))
-        for header in response.set_cookies():
-            pair = header.split(";", 1)[0]
-            name, value = pair.split("=", 1)
-            if "Expires=Thu, 01 Jan 1970" in header:
-                self.cookies.pop(name, None)
-            else:
-                self.cookies[name] = value
+        remember_cookies(self.cookies, response)
         return response
+
+
+def remember_cookies(jar: dict[str, str], response: Response) -> None:
+    """What a browser does with the response's Set-Cookie headers."""
+    for header in response.set_cookies():
+        pair = header.split(";", 1)[0]
+        name, value = pair.split("=", 1)
+        if "Expires=Thu, 01 Jan 1970" in header:
+            jar.pop(name, None)
+        else:
+            jar[name] = value
+
+
+def http_scope(path: str = "/", method: str = "GET", headers: dict[str, str] | None = None,
+               https: bool = False, **extra: Any) -> dict[str, Any]:
+    """An ASGI HTTP scope as uvicorn makes one."""
+    scope: dict[str, Any] = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+        "method": method, "scheme": "https" if https else "http", "path": path, "raw_path": path.encode(),
+        "root_path": "", "query_string": b"", "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+        "headers": [(b"host", b"testserver")] + [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                                  for name, value in (headers or {}).items()]}
+    scope.update(extra)
+    return scope
+
+
+class ASGIClient:
+    """Client's twin for ASGI apps: request() runs one request on a new event loop, arequest()
+    on the running one; `messages` holds what the app sent in the last request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.cookies: dict[str, str] = {}
+        self.messages: list[dict[str, Any]] = []
+
+    def request(self, path: str = "/", method: str = "GET", cookie: str | None = None,
+                scope: dict[str, Any] | None = None, https: bool = False,
+                headers: dict[str, str] | None = None) -> Response:
+        return asyncio.run(self.arequest(path, method, cookie, scope, https, headers))
+
+    async def arequest(self, path: str = "/", method: str = "GET", cookie: str | None = None,
+                       scope: dict[str, Any] | None = None, https: bool = False,
+                       headers: dict[str, str] | None = None) -> Response:
+        headers = dict(headers or {})
+        if cookie is None and self.cookies:
+            cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        if cookie is not None:
+            headers["Cookie"] = cookie
+        full_scope = http_scope(path, method, headers, https, **(scope or {}))
+        self.messages = messages = []
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+        await self.app(full_scope, receive, send)
+        response = response_of(messages)
+        remember_cookies(self.cookies, response)
+        return response
+
+
+def response_of(messages: list[dict[str, Any]]) -> Response:
+    """The Response an ASGI app's messages make (headers decoded as latin-1, as servers do)."""
+    starts = [m for m in messages if m["type"] == "http.response.start"]
+    if len(starts) != 1:
+        raise AssertionError(f"expected one http.response.start, got {messages!r}")
+    status = starts[0]["status"]
+    headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in starts[0].get("headers", [])]
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return Response(f"{status} {http.HTTPStatus(status).phrase}", headers, body)
+
+
+def asgi_text_app(handler: Callable[[Session, dict[str, Any]], Any]) -> Callable[..., Awaitable[None]]:
+    """text_app's twin: an ASGI app that calls handler(session, scope) on the event loop (and
+    awaits the result if it is awaitable) and answers 200 with it."""
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        result = handler(get_session(scope), scope)
+        if inspect.isawaitable(result):
+            result = await result
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": str(result).encode()})
+    return app
+
+
+def asgi(app: Any, **options: Any) -> ASGISessionMiddleware:
+    options.setdefault("secret", SECRET)
+    return ASGISessionMiddleware(app, **options)
 
 
 def text_app(handler: Callable[[Session, dict[str, Any]], Any]) -> Callable[..., Iterable[bytes]]:
@@ -167,6 +258,8 @@ def reader(session: Session, environ: dict[str, Any]) -> Any:
 
 class RecordingStore:
     """A MemoryStore that records each call, to check which calls the lifecycle makes."""
+
+    blocking = False  # (ASGI calls it on the event loop's thread, as it does a MemoryStore)
 
     def __init__(self, inner: Any = None, touch: bool = True, update: bool = True) -> None:
         self.inner = inner if inner is not None else MemoryStore(now=Clock(time.time()))
@@ -715,45 +808,56 @@ class TestWireFormat(unittest.TestCase):
 # §4 The request lifecycle
 # ---------------------------------------------------------------------------
 
-class TestLifecycle(unittest.TestCase):
+class EitherWrapper:
+    """Tests that run under each wrapper: a subclass's wrap() says which."""
+
     def setUp(self) -> None:
         self.clock = Clock(time.time())
         self.store = RecordingStore(MemoryStore(now=self.clock))
 
-    def app(self, handler: Callable[..., Any] = counter, **options: Any) -> SessionMiddleware:
+    def wrap(self, handler: Callable[..., Any], **options: Any) -> Any:
+        raise NotImplementedError
+
+    def client(self, handler: Callable[..., Any] = counter, **options: Any) -> Any:
+        """A client of the handler's app under this wrapper, with the test's store and clock."""
         options.setdefault("store", self.store)
         options.setdefault("now", self.clock)
-        return wsgi(text_app(handler), **options)
+        app = self.wrap(handler, **options)
+        return Client(app) if isinstance(app, SessionMiddleware) else ASGIClient(app)
+
+
+class LifecycleRules(EitherWrapper):
+    """The rules of SPEC section 4, proven for each wrapper."""
 
     def test_new_session_is_saved_and_cookie_set_by_default(self) -> None:
-        response = Client(self.app(reader)).request()
+        response = self.client(reader).request()
         self.assertIsNotNone(response.session_cookie())
         self.assertEqual(self.store.kinds(), ["set"])
 
     def test_uninitialized_session_not_saved_and_no_cookie_without_save_uninitialized(self) -> None:
-        response = Client(self.app(reader, save_uninitialized=False)).request()
+        response = self.client(reader, save_uninitialized=False).request()
         self.assertIsNone(response.session_cookie())
         self.assertEqual(self.store.calls, [])
 
     def test_modified_new_session_saved_even_without_save_uninitialized(self) -> None:
-        response = Client(self.app(counter, save_uninitialized=False)).request()
+        response = self.client(counter, save_uninitialized=False).request()
         self.assertIsNotNone(response.session_cookie())
         self.assertEqual(self.store.kinds(), ["set"])
 
     def test_loaded_unmodified_session_with_resave_is_saved_without_cookie(self) -> None:
-        client = Client(self.app(counter))
+        client = self.client(counter)
         client.request()
         self.store.calls.clear()
-        response = Client(self.app(reader))
+        response = self.client(reader)
         response.cookies = client.cookies
         result = response.request()
         self.assertIsNone(result.session_cookie())
         self.assertEqual(self.store.kinds(), ["get", "update"])
 
     def test_loaded_unmodified_session_without_resave_is_only_touched(self) -> None:
-        client = Client(self.app(counter, resave=False))
+        client = self.client(counter, resave=False)
         client.request()
-        reading = Client(self.app(reader, resave=False))
+        reading = self.client(reader, resave=False)
         reading.cookies = client.cookies
         self.store.calls.clear()
         self.clock.advance(5000)
@@ -765,14 +869,14 @@ class TestLifecycle(unittest.TestCase):
 
     def test_store_without_touch_gets_no_touch(self) -> None:
         store = RecordingStore(MemoryStore(now=self.clock), touch=False)
-        client = Client(self.app(counter, resave=False, store=store))
+        client = self.client(counter, resave=False, store=store)
         client.request()
         store.calls.clear()
-        Client(self.app(reader, resave=False, store=store)).request(cookie=jar_header(client))
+        self.client(reader, resave=False, store=store).request(cookie=jar_header(client))
         self.assertEqual(store.kinds(), ["get"])
 
     def test_loaded_modified_session_is_saved_and_cookie_reset(self) -> None:
-        client = Client(self.app(counter, resave=False))
+        client = self.client(counter, resave=False)
         client.request()
         self.store.calls.clear()
         self.clock.advance(60_000)
@@ -783,14 +887,14 @@ class TestLifecycle(unittest.TestCase):
         self.assertIn(f"Expires={expected}", response.session_cookie())
 
     def test_browser_session_cookie_not_resent_when_modified(self) -> None:
-        client = Client(self.app(counter, cookie={"max_age": None}))
+        client = self.client(counter, cookie={"max_age": None})
         self.assertIsNotNone(client.request().session_cookie())
         response = client.request()
         self.assertEqual(response.body, b"2")
         self.assertIsNone(response.session_cookie())
 
     def test_rolling_sets_the_cookie_on_every_response(self) -> None:
-        client = Client(self.app(reader, rolling=True))
+        client = self.client(reader, rolling=True)
         client.request()
         self.clock.advance(1000)
         response = client.request()
@@ -798,10 +902,97 @@ class TestLifecycle(unittest.TestCase):
         self.assertIn(bs._http_date(int(self.clock() * 1000) + 86_400_000), response.session_cookie())
 
     def test_secure_cookie_never_sent_over_http_but_session_saved(self) -> None:
-        response = Client(self.app(counter, cookie={"secure": True})).request()
+        response = self.client(counter, cookie={"secure": True}).request()
         self.assertIsNone(response.session_cookie())
         self.assertEqual(self.store.kinds(), ["set"])
-        self.assertIsNotNone(Client(self.app(counter, cookie={"secure": True})).request(https=True).session_cookie())
+        self.assertIsNotNone(self.client(counter, cookie={"secure": True}).request(https=True).session_cookie())
+
+    def test_a_regenerated_id_counts_as_a_change_even_with_the_same_data(self) -> None:
+        client = self.client(lambda s, e: s.update(user="alice"))
+        client.request()
+        old_id = sid_of_jar(client)
+
+        def login_again(session: Session, environ: dict[str, Any]) -> str:
+            session.regenerate()
+            session["user"] = "alice"   # the data is what was loaded; only the ID changed
+            return session.id
+        relogin = self.client(login_again, save_uninitialized=False)
+        relogin.cookies = dict(client.cookies)
+        response = relogin.request()
+        new_id = response.body.decode()
+        self.assertEqual(sid_of(response.session_cookie()), new_id)
+        self.assertEqual(self.store.inner.get(new_id)["user"], "alice")
+        self.assertIsNone(self.store.inner.get(old_id))
+
+    def test_reload_marks_the_reloaded_copy_as_saved(self) -> None:
+        client = self.client(counter, resave=False)
+        client.request()
+        sid = sid_of_jar(client)
+
+        def reloads(session: Session, environ: dict[str, Any]) -> Any:
+            elsewhere = self.store.inner.get(sid)
+            elsewhere["views"] = 5
+            self.store.inner.set(sid, elsewhere)   # another request saved meanwhile
+            session.reload()
+            return session["views"]
+        reloading = self.client(reloads, resave=False)
+        reloading.cookies = client.cookies
+        self.store.calls.clear()
+        self.assertEqual(reloading.request().body, b"5")
+        # What reload() read is what the store has: nothing to save, only a touch.
+        self.assertEqual(self.store.kinds(), ["get", "get", "touch"])
+
+    def test_destroying_a_secure_session_over_plain_http_sends_no_cookie(self) -> None:
+        client = self.client(counter, cookie={"secure": True})
+        client.request(https=True)
+        sid = sid_of_jar(client)
+        destroyer = self.client(lambda s, e: destroy(s), cookie={"secure": True})
+        response = destroyer.request(cookie=jar_header(client))   # plain http
+        self.assertEqual(response.code, 200)
+        self.assertIsNone(response.session_cookie())
+        self.assertIsNone(self.store.inner.get(sid))
+        # Over https the same destroy expires the cookie.
+        client.request(https=True)
+        response = destroyer.request(cookie=jar_header(client), https=True)
+        self.assertIn("Expires=Thu, 01 Jan 1970 00:00:00 GMT", response.session_cookie() or "")
+
+    def test_app_exception_drops_half_made_changes(self) -> None:
+        client = self.client(counter)
+        client.request()
+
+        def failing(session: Session, environ: dict[str, Any]) -> None:
+            session["views"] = 100
+            raise ValueError("boom")
+        broken = self.client(failing)
+        broken.cookies = client.cookies
+        self.store.calls.clear()
+        with self.assertRaisesRegex(ValueError, "boom"):
+            broken.request()
+        self.assertEqual(self.store.kinds(), ["get"])
+        self.assertEqual(client.request().body, b"2")
+
+
+class TestLifecycleWSGI(LifecycleRules, unittest.TestCase):
+    def wrap(self, handler: Callable[..., Any], **options: Any) -> Any:
+        return wsgi(text_app(handler), **options)
+
+
+class TestLifecycleASGI(LifecycleRules, unittest.TestCase):
+    def wrap(self, handler: Callable[..., Any], **options: Any) -> Any:
+        return asgi(asgi_text_app(handler), **options)
+
+
+class TestWSGIResponse(unittest.TestCase):
+    """How SessionMiddleware commits a WSGI response: start_response, write(), bodies."""
+
+    def setUp(self) -> None:
+        self.clock = Clock(time.time())
+        self.store = RecordingStore(MemoryStore(now=self.clock))
+
+    def app(self, handler: Callable[..., Any] = counter, **options: Any) -> SessionMiddleware:
+        options.setdefault("store", self.store)
+        options.setdefault("now", self.clock)
+        return wsgi(text_app(handler), **options)
 
     def test_requests_outside_the_cookie_path_get_no_session(self) -> None:
         seen: list[bool] = []
@@ -871,56 +1062,6 @@ class TestLifecycle(unittest.TestCase):
         stored = self.store.inner.get(sid_of(response.session_cookie()))
         self.assertEqual((stored["before"], stored["after"]), (1, 2))
 
-    def test_a_regenerated_id_counts_as_a_change_even_with_the_same_data(self) -> None:
-        client = Client(self.app(lambda s, e: s.update(user="alice")))
-        client.request()
-        old_id = sid_of_jar(client)
-
-        def login_again(session: Session, environ: dict[str, Any]) -> str:
-            session.regenerate()
-            session["user"] = "alice"   # the data is what was loaded; only the ID changed
-            return session.id
-        relogin = Client(self.app(login_again, save_uninitialized=False))
-        relogin.cookies = dict(client.cookies)
-        response = relogin.request()
-        new_id = response.body.decode()
-        self.assertEqual(sid_of(response.session_cookie()), new_id)
-        self.assertEqual(self.store.inner.get(new_id)["user"], "alice")
-        self.assertIsNone(self.store.inner.get(old_id))
-
-    def test_reload_marks_the_reloaded_copy_as_saved(self) -> None:
-        client = Client(self.app(counter, resave=False))
-        client.request()
-        sid = sid_of_jar(client)
-
-        def reloads(session: Session, environ: dict[str, Any]) -> Any:
-            elsewhere = self.store.inner.get(sid)
-            elsewhere["views"] = 5
-            self.store.inner.set(sid, elsewhere)   # another request saved meanwhile
-            session.reload()
-            return session["views"]
-        reloading = Client(self.app(reloads, resave=False))
-        reloading.cookies = client.cookies
-        self.store.calls.clear()
-        self.assertEqual(reloading.request().body, b"5")
-        # What reload() read is what the store has: nothing to save, only a touch.
-        self.assertEqual(self.store.kinds(), ["get", "get", "touch"])
-
-    def test_destroying_a_secure_session_over_plain_http_sends_no_cookie(self) -> None:
-        secure = self.app(counter, cookie={"secure": True})
-        client = Client(secure)
-        client.request(https=True)
-        sid = sid_of_jar(client)
-        destroyer = Client(self.app(lambda s, e: destroy(s), cookie={"secure": True}))
-        response = destroyer.request(cookie=jar_header(client))   # plain http
-        self.assertEqual(response.code, 200)
-        self.assertIsNone(response.session_cookie())
-        self.assertIsNone(self.store.inner.get(sid))
-        # Over https the same destroy expires the cookie.
-        client.request(https=True)
-        response = destroyer.request(cookie=jar_header(client), https=True)
-        self.assertIn("Expires=Thu, 01 Jan 1970 00:00:00 GMT", response.session_cookie() or "")
-
     def test_empty_generator_body_commits_at_its_end(self) -> None:
         def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
             get_session(environ)["x"] = 1
@@ -940,21 +1081,6 @@ class TestLifecycle(unittest.TestCase):
         with LiveServer(self.app(counter, store=BrokenStore())) as live:
             opener, _ = browser()
             self.assertEqual(fetch(opener, live.url + "/")[0], 500)
-
-    def test_app_exception_drops_half_made_changes(self) -> None:
-        client = Client(self.app(counter))
-        client.request()
-
-        def failing(session: Session, environ: dict[str, Any]) -> None:
-            session["views"] = 100
-            raise ValueError("boom")
-        broken = Client(self.app(failing))
-        broken.cookies = client.cookies
-        self.store.calls.clear()
-        with self.assertRaisesRegex(ValueError, "boom"):
-            broken.request()
-        self.assertEqual(self.store.kinds(), ["get"])
-        self.assertEqual(client.request().body, b"2")
 
     def test_exception_while_streaming_drops_later_changes(self) -> None:
         def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -1092,15 +1218,8 @@ def sid_of_jar(client: Client) -> str:
 # §5 The session object
 # ---------------------------------------------------------------------------
 
-class TestSessionObject(unittest.TestCase):
-    def setUp(self) -> None:
-        self.clock = Clock(time.time())
-        self.store = RecordingStore(MemoryStore(now=self.clock))
-
-    def client(self, handler: Callable[..., Any], **options: Any) -> Client:
-        options.setdefault("store", self.store)
-        options.setdefault("now", self.clock)
-        return Client(wsgi(text_app(handler), **options))
+class SessionObjectTests(EitherWrapper):
+    """Section 5, for each wrapper."""
 
     def test_id_cookie_and_is_new(self) -> None:
         seen: list[tuple[str, bool, SessionCookie]] = []
@@ -1289,6 +1408,16 @@ class TestSessionObject(unittest.TestCase):
         self.assertEqual(self.client(handler).request().body, b"(2, {'c': 3, 'd': 4}, True)")
 
 
+class TestSessionObjectWSGI(SessionObjectTests, unittest.TestCase):
+    def wrap(self, handler: Callable[..., Any], **options: Any) -> Any:
+        return wsgi(text_app(handler), **options)
+
+
+class TestSessionObjectASGI(SessionObjectTests, unittest.TestCase):
+    def wrap(self, handler: Callable[..., Any], **options: Any) -> Any:
+        return asgi(asgi_text_app(handler), **options)
+
+
 class TestFlash(unittest.TestCase):
     def test_flash_add_read_and_clear(self) -> None:
         results: list[Any] = []
@@ -1339,6 +1468,492 @@ class TestFlash(unittest.TestCase):
         document["flash"] = "not a dict"
         store.set("node-flash", document)
         self.assertEqual(client.request().body, b"[]")
+
+
+# ---------------------------------------------------------------------------
+# §9 ASGI: the wrapper, its response, where store calls run
+# ---------------------------------------------------------------------------
+
+async def send_text(send: Any, body: bytes = b"ok", headers: list[tuple[bytes, bytes]] | None = None,
+                    status: int = 200) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers or []})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RecordingSend:
+    """An ASGI server's send: records each message, and calls `on` (if given) as it arrives."""
+
+    def __init__(self, on: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.on = on
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if self.on is not None:
+            self.on(message)
+        self.messages.append(message)
+
+    def types(self) -> list[str]:
+        return [message["type"] for message in self.messages]
+
+
+async def no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class TestASGI(unittest.IsolatedAsyncioTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock(time.time())
+        self.store = RecordingStore(MemoryStore(now=self.clock))
+
+    def middleware(self, app: Any, **options: Any) -> ASGISessionMiddleware:
+        options.setdefault("store", self.store)
+        options.setdefault("now", self.clock)
+        return asgi(app, **options)
+
+    async def started_session(self, **options: Any) -> tuple[ASGISessionMiddleware, str, str]:
+        """A wrapper around a counter app, and a session it stored: (wrapper, cookie header, sid)."""
+        app = self.middleware(asgi_text_app(counter), **options)
+        client = ASGIClient(app)
+        await client.arequest()
+        return app, jar_header(client), sid_of_jar(client)
+
+    async def test_the_session_is_in_the_scope_under_both_keys(self) -> None:
+        seen: list[Any] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            seen.extend([scope["bunway.session"], scope["session"], get_session(scope)])
+            await send_text(send)
+        await ASGIClient(self.middleware(app)).arequest()
+        self.assertIsInstance(seen[0], Session)
+        self.assertIs(seen[0], seen[1])
+        self.assertIs(seen[0], seen[2])
+
+    async def test_another_middlewares_scope_session_is_kept_and_one_warning_logged(self) -> None:
+        seen: list[Any] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            seen.append((scope["session"], scope["bunway.session"]))
+            await send_text(send)
+        wrapped = self.middleware(app)
+
+        async def outer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await wrapped({**scope, "session": {"from": "another middleware"}}, receive, send)
+        with self.assertLogs("bunway_session", logging.WARNING) as logs:
+            for _ in range(3):
+                await ASGIClient(outer).arequest()
+        self.assertEqual(len(logs.records), 1)
+        self.assertIn("scope['session'] was already set by another middleware", logs.output[0])
+        self.assertEqual(seen[0][0], {"from": "another middleware"})
+        self.assertIsInstance(seen[0][1], Session)
+
+    async def test_the_start_is_held_until_the_first_body_and_carries_the_set_cookie(self) -> None:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            session = get_session(scope)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/plain"), (b"set-cookie", b"theme=dark; Path=/")]})
+            session["after_start"] = True   # still before the commit
+            await send({"type": "http.response.body", "body": b"", "more_body": True})   # nothing yet
+            await send({"type": "http.response.body", "body": b"hello", "more_body": False})
+        send = RecordingSend()
+        await self.middleware(app, save_uninitialized=False)(http_scope(), no_body, send)
+        self.assertEqual(send.types(), ["http.response.start", "http.response.body"])
+        headers = send.messages[0]["headers"]
+        self.assertEqual(headers[:2], [(b"content-type", b"text/plain"), (b"set-cookie", b"theme=dark; Path=/")])
+        self.assertEqual(len(headers), 3)
+        self.assertTrue(headers[2][1].startswith(b"connect.sid=s%3A"))
+        sid = sid_of(headers[2][1].decode("latin-1"))
+        self.assertEqual(self.store.inner.get(sid)["after_start"], True)
+
+    async def test_changes_while_streaming_are_saved_before_the_last_body_goes_out(self) -> None:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            session = get_session(scope)
+            session["before"] = 1
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first", "more_body": True})
+            session["during"] = 2            # after the commit: saved before the last body
+            await send({"type": "http.response.body", "body": b"last", "more_body": False})
+            session["after_the_end"] = 3     # too late: the response is over
+        stored_when_last_body_left: list[Any] = []
+
+        def on(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                stored_when_last_body_left.append(self.store.inner.get(sid))
+        send = RecordingSend(on)
+        sid = ""
+
+        def remember_sid(message: dict[str, Any]) -> None:
+            nonlocal sid
+            if message["type"] == "http.response.start":
+                sid = sid_of(dict(message["headers"])[b"set-cookie"].decode("latin-1"))
+            on(message)
+        send.on = remember_sid
+        await self.middleware(app)(http_scope(), no_body, send)
+        stored = stored_when_last_body_left[0]
+        self.assertEqual((stored["before"], stored["during"]), (1, 2))
+        self.assertNotIn("after_the_end", self.store.inner.get(sid))
+        self.assertEqual(self.store.kinds(), ["set", "set"])
+
+    async def test_an_exception_before_the_start_drops_the_changes(self) -> None:
+        app, cookie, sid = await self.started_session()
+
+        async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            get_session(scope)["views"] = 100
+            raise ValueError("boom")
+        self.store.calls.clear()
+        send = RecordingSend()
+        with self.assertRaisesRegex(ValueError, "boom"):
+            await self.middleware(failing)(http_scope(headers={"Cookie": cookie}), no_body, send)
+        self.assertEqual((send.messages, self.store.kinds()), ([], ["get"]))
+        self.assertEqual(self.store.inner.get(sid)["views"], 1)
+
+    async def test_an_exception_while_streaming_drops_later_changes(self) -> None:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            session = get_session(scope)
+            session["a"] = 1
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            session["b"] = 2
+            raise RuntimeError("stream broke")
+        with self.assertRaisesRegex(RuntimeError, "stream broke"):
+            await self.middleware(app)(http_scope(), no_body, RecordingSend())
+        self.assertEqual(self.store.kinds(), ["set"])
+        self.assertEqual(self.store.documents[-1]["a"], 1)
+        self.assertNotIn("b", self.store.documents[-1])
+
+    async def test_a_store_error_at_commit_is_raised_before_anything_is_sent(self) -> None:
+        class BrokenStore(RecordingStore):
+            def set(self, sid: str, session: dict[str, Any], max_age: int | None = None) -> None:
+                raise OSError("disk full")
+        send = RecordingSend()
+        with self.assertRaisesRegex(OSError, "disk full"):
+            await self.middleware(asgi_text_app(counter), store=BrokenStore())(http_scope(), no_body, send)
+        self.assertEqual(send.messages, [])
+
+    async def test_a_deliberate_error_status_is_committed(self) -> None:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            get_session(scope)["failed_attempts"] = 1
+            await send_text(send, b"no", status=401)
+        response = await ASGIClient(self.middleware(app)).arequest()
+        self.assertEqual(response.code, 401)
+        self.assertEqual(self.store.inner.get(sid_of(response.session_cookie()))["failed_attempts"], 1)
+
+    async def test_response_extensions_commit_first(self) -> None:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            get_session(scope)["downloaded"] = True
+            await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+            await send({"type": "http.response.pathsend", "path": "/etc/hostname"})
+        send = RecordingSend()
+        await self.middleware(app)(http_scope(), no_body, send)
+        self.assertEqual(send.types(), ["http.response.start", "http.response.pathsend"])
+        self.assertIn(b"set-cookie", dict(send.messages[0]["headers"]))
+        self.assertTrue(send.messages[0]["trailers"])
+
+        async def with_trailers(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            session = get_session(scope)
+            await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+            session["late"] = 1
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.trailers", "headers": [], "more_trailers": False})
+        send = RecordingSend()
+        await self.middleware(with_trailers)(http_scope(), no_body, send)
+        self.assertEqual(send.types(), ["http.response.start", "http.response.body", "http.response.body",
+                                        "http.response.trailers"])
+        self.assertEqual(self.store.documents[-1]["late"], 1)
+
+    async def test_lifespan_and_unknown_scopes_pass_through_untouched(self) -> None:
+        seen: list[Any] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            seen.append((scope, receive, send))
+        wrapped = self.middleware(app)
+        for scope_type in ("lifespan", "webtransport"):
+            scope = {"type": scope_type, "asgi": {"version": "3.0"}}
+            send = RecordingSend()
+            await wrapped(scope, no_body, send)
+            self.assertIs(seen[-1][0], scope)
+            self.assertIs(seen[-1][1], no_body)
+            self.assertIs(seen[-1][2], send)
+        self.assertEqual(self.store.calls, [])
+
+    async def test_the_cookie_path_is_matched_against_root_path_and_path(self) -> None:
+        seen: list[bool] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            seen.append("bunway.session" in scope)
+            await send_text(send)
+        wrapped = self.middleware(app, cookie={"path": "/app/admin"})   # an app mounted at /app
+        cases = [({"path": "/app/admin/users", "root_path": "/app"}, True),  # uvicorn: path includes root_path
+                 ({"path": "/admin/users", "root_path": "/app"}, True),      # older servers: it does not
+                 ({"path": "/app/admin", "root_path": ""}, True),
+                 ({"path": "/app/other", "root_path": "/app"}, False),
+                 ({"path": "/admin/users", "root_path": ""}, False)]
+        for scope, expected in cases:
+            with self.subTest(scope=scope):
+                seen.clear()
+                response = await ASGIClient(wrapped).arequest(scope["path"], scope={"root_path": scope["root_path"]})
+                self.assertEqual(seen, [expected])
+                self.assertEqual(response.session_cookie() is not None, expected)
+
+    async def test_secure_requests_https_wss_and_the_proxy(self) -> None:
+        auto = self.middleware(asgi_text_app(counter), cookie={"secure": "auto", "same_site": "auto"})
+        secure = (await ASGIClient(auto).arequest(https=True)).session_cookie() or ""
+        self.assertTrue(secure.endswith("; HttpOnly; Secure; SameSite=None"), secure)
+        plain = (await ASGIClient(auto).arequest()).session_cookie() or ""
+        self.assertTrue(plain.endswith("; HttpOnly; SameSite=Lax"), plain)
+        forwarded = {"X-Forwarded-Proto": "https, http"}
+        trusting = self.middleware(asgi_text_app(counter), cookie={"secure": True}, proxy=True)
+        self.assertIsNotNone((await ASGIClient(trusting).arequest(headers=forwarded)).session_cookie())
+        for proxy in (None, False):
+            untrusting = self.middleware(asgi_text_app(counter), cookie={"secure": True}, proxy=proxy)
+            self.assertIsNone((await ASGIClient(untrusting).arequest(headers=forwarded)).session_cookie())
+        self.assertTrue(bs._scope_is_secure({"scheme": "wss"}, None))
+        self.assertTrue(bs._scope_is_secure({"scheme": "ws", "headers": [(b"x-forwarded-proto", b"wss")]}, True))
+        self.assertFalse(bs._scope_is_secure({"scheme": "ws", "headers": [(b"x-forwarded-proto", b"wss")]}, None))
+
+    async def test_genid_and_a_cookie_callable_receive_the_scope(self) -> None:
+        seen: list[Any] = []
+
+        def genid(scope: dict[str, Any]) -> str:
+            seen.append(scope["type"])
+            return "scope-made-id"
+
+        def cookie(scope: dict[str, Any]) -> dict[str, Any]:
+            return {"domain": dict(scope["headers"])[b"host"].decode()}
+        response = await ASGIClient(self.middleware(asgi_text_app(counter), genid=genid, cookie=cookie)).arequest()
+        self.assertEqual(sid_of(response.session_cookie()), "scope-made-id")
+        self.assertIn("; Domain=testserver; ", response.session_cookie())
+        self.assertEqual(seen, ["http"])
+
+    async def test_regenerate_and_destroy_do_their_store_work_at_commit(self) -> None:
+        app, cookie, sid = await self.started_session()
+        during: list[Any] = []
+
+        def login(session: Session, scope: dict[str, Any]) -> str:
+            session.regenerate()
+            during.append(self.store.inner.get(sid))   # not yet: no await inside a sync method
+            session["user"] = "alice"
+            return session.id
+        response = await ASGIClient(self.middleware(asgi_text_app(login))).arequest(cookie=cookie)
+        new_id = response.body.decode()
+        self.assertIsNotNone(during[0])
+        self.assertIsNone(self.store.inner.get(sid))
+        self.assertEqual(self.store.inner.get(new_id)["user"], "alice")
+
+        def logout(session: Session, scope: dict[str, Any]) -> str:
+            session.destroy()
+            during.append(self.store.inner.get(new_id))
+            return "bye"
+        response = await ASGIClient(self.middleware(asgi_text_app(logout))).arequest(
+            cookie="connect.sid=" + (response.session_cookie() or "").split(";")[0].split("=", 1)[1])
+        self.assertIsNotNone(during[1])
+        self.assertIsNone(self.store.inner.get(new_id))
+        self.assertIn("Expires=Thu, 01 Jan 1970", response.session_cookie() or "")
+
+    async def test_an_exception_after_destroy_keeps_the_session(self) -> None:
+        app, cookie, sid = await self.started_session()
+
+        def failing_logout(session: Session, scope: dict[str, Any]) -> None:
+            session.destroy()
+            raise RuntimeError("logout handler failed")
+        with self.assertRaisesRegex(RuntimeError, "logout handler failed"):
+            await ASGIClient(self.middleware(asgi_text_app(failing_logout))).arequest(cookie=cookie)
+        self.assertIsNotNone(self.store.inner.get(sid))   # nothing was committed
+
+    async def test_sync_save_and_reload_from_the_loop_and_from_a_worker_thread(self) -> None:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        store = FileStore(folder, now=self.clock)   # may block: the loop's thread must not wait on it
+        app = self.middleware(asgi_text_app(counter), store=store)
+        client = ASGIClient(app)
+        await client.arequest()
+
+        async def on_the_loop(session: Session, scope: dict[str, Any]) -> str:
+            session["x"] = 1
+            with self.assertRaisesRegex(RuntimeError, r"session.save\(\) on the event loop would block it with "
+                                        r"FileStore: use 'await session.asave\(\)'"):
+                session.save()
+            with self.assertRaisesRegex(RuntimeError, r"await session.areload\(\)"):
+                session.reload()
+            await session.asave()
+            self.assertEqual(store.get(session.id)["x"], 1)
+            # A sync view runs on a worker thread, where the sync methods wait for the store.
+            await asyncio.get_running_loop().run_in_executor(None, lambda: (session.update(y=2), session.save()))
+            self.assertEqual(store.get(session.id)["y"], 2)
+            store.set(session.id, {**store.get(session.id), "z": 3})
+            await session.areload()
+            return sorted(session)
+        response = await ASGIClient(self.middleware(asgi_text_app(on_the_loop), store=store)).arequest(
+            cookie=jar_header(client))
+        self.assertEqual(response.body, b"['views', 'x', 'y', 'z']")
+
+    async def test_store_calls_run_where_they_should(self) -> None:
+        loop_thread = threading.get_ident()
+        threads: dict[str, set[str]] = {}
+
+        def note(kind: str) -> None:
+            threads.setdefault(kind, set()).add("loop" if threading.get_ident() == loop_thread else "worker")
+
+        class Inline(RecordingStore):   # blocking = False: called on the loop's thread
+            def get(self, sid: str) -> Any:
+                note("inline")
+                return super().get(sid)
+
+        class Blocking(RecordingStore):  # may block: on a worker thread
+            blocking = True
+
+            def get(self, sid: str) -> Any:
+                note("blocking")
+                return super().get(sid)
+
+        class Twins(RecordingStore):     # async twins: awaited on the loop
+            blocking = True
+
+            async def aget(self, sid: str) -> Any:
+                note("twin")
+                return self.inner.get(sid)
+
+            def get(self, sid: str) -> Any:
+                note("sync method of a store with twins")
+                return super().get(sid)
+        for store in (Inline(), Blocking(), Twins()):
+            app = self.middleware(asgi_text_app(counter), store=store)
+            client = ASGIClient(app)
+            await client.arequest()
+            await client.arequest()
+        self.assertEqual(threads, {"inline": {"loop"}, "blocking": {"worker"}, "twin": {"loop"}})
+
+    async def test_the_executor_option_runs_blocking_store_calls(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        executor = ThreadPoolExecutor(1, thread_name_prefix="session-store")
+        self.addCleanup(executor.shutdown)
+        names: list[str] = []
+
+        class Blocking(RecordingStore):
+            blocking = True
+
+            def set(self, sid: str, session: dict[str, Any], max_age: int | None = None) -> None:
+                names.append(threading.current_thread().name)
+                super().set(sid, session, max_age)
+        await ASGIClient(self.middleware(asgi_text_app(counter), store=Blocking(), executor=executor)).arequest()
+        self.assertEqual(len(names), 1)
+        self.assertTrue(names[0].startswith("session-store"), names)
+
+    async def test_a_file_store_write_does_not_stall_another_request(self) -> None:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        writing, release = threading.Event(), threading.Event()
+        self.addCleanup(release.set)   # a failing test must not leave the write waiting
+
+        class SlowDisk(FileStore):
+            def set(self, sid: str, session: dict[str, Any], max_age: int | None = None) -> None:
+                writing.set()
+                if not release.wait(30):
+                    raise AssertionError("never released")
+                super().set(sid, session, max_age)
+        store = SlowDisk(folder, now=self.clock)
+        app = self.middleware(asgi_text_app(counter), store=store)
+        slow = asyncio.ensure_future(ASGIClient(app).arequest())        # a new visitor: its write hangs
+        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, writing.wait, 30), 30)
+        self.assertFalse(slow.done())
+        reading = self.middleware(asgi_text_app(reader), store=store, save_uninitialized=False)
+        other = await asyncio.wait_for(ASGIClient(reading).arequest(), 30)   # runs while the write hangs
+        self.assertEqual((other.code, slow.done()), (200, False))
+        release.set()
+        response = await asyncio.wait_for(slow, 30)
+        self.assertEqual(store.get(sid_of(response.session_cookie()))["views"], 1)
+
+    async def test_the_same_documents_and_set_cookie_bytes_as_the_wsgi_wrapper(self) -> None:
+        def login(session: Session, request: dict[str, Any]) -> str:
+            if session.get("views"):
+                session.regenerate()
+                session["user"] = "alice"
+            session["views"] = session.get("views", 0) + 1
+            session.flash("info", "hi")
+            return "ok"
+        results = []
+        for wrap, make_client in ((wsgi, Client), (asgi, ASGIClient)):
+            clock = Clock()
+            store = RecordingStore(MemoryStore(now=clock))
+            ids = iter(["Yi0qQ7Ob8Mgk3N1TKNwaHx9tmU-RPf_2", "second-id"])
+            handler_app = text_app(login) if wrap is wsgi else asgi_text_app(login)
+            client = make_client(wrap(handler_app, store=store, now=clock, genid=lambda request: next(ids),
+                                      cookie={"maxAge": 86400000, "sameSite": "lax", "priority": "high",
+                                              "partitioned": True, "domain": "example.com"}))
+            headers = []
+            for _ in range(2):
+                response = await client.arequest() if make_client is ASGIClient else client.request()
+                headers.append(response.session_cookie())
+                clock.advance(1000)
+            results.append((headers, [bs._dumps(document) for document in store.documents], store.kinds()))
+        self.assertEqual(results[0], results[1])
+        self.assertEqual(results[0][0][0], EXPRESS_SET_COOKIE)
+
+    async def test_wrappers_given_no_store_share_one_per_process(self) -> None:
+        login = asgi(asgi_text_app(lambda s, e: s.update(user="alice") or "in"))
+        private = asgi(asgi_text_app(lambda s, e: s.get("user")))   # another wrapper (Litestar: one a route)
+        through_wsgi = wsgi(text_app(lambda s, e: s.get("user")))
+        self.assertIs(login.store, private.store)
+        self.assertIs(login.store, through_wsgi.store)
+        client = ASGIClient(login)
+        await client.arequest()
+        self.assertEqual((await ASGIClient(private).arequest(cookie=jar_header(client))).body, b"alice")
+        self.assertEqual(Client(through_wsgi).request(cookie=jar_header(client)).body, b"alice")
+        self.assertIsNot(asgi(asgi_text_app(reader), now=self.clock).store, login.store)   # a test clock: its own
+
+    async def test_options_are_checked_as_for_wsgi_and_app_may_be_a_keyword(self) -> None:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await send_text(send)
+        wrapped = ASGISessionMiddleware(app=app, secret=SECRET, saveUninitialized=False)   # as Litestar passes it
+        self.assertFalse(wrapped.save_uninitialized)
+        with self.assertRaisesRegex(TypeError, "unknown ASGISessionMiddleware option 'resav'.*'resave'"):
+            ASGISessionMiddleware(app, secret=SECRET, resav=False)
+        with self.assertRaisesRegex(TypeError, "secret is required"):
+            ASGISessionMiddleware(app)
+        with self.assertRaisesRegex(TypeError, "app must be an ASGI application"):
+            ASGISessionMiddleware(None, secret=SECRET)
+        with self.assertRaisesRegex(TypeError, r"genid must be a callable\(scope\)"):
+            ASGISessionMiddleware(app, secret=SECRET, genid="x")
+
+
+class AsyncOnlyStore:
+    """A custom store with only the async twins (a dict; it never blocks)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStore()
+
+    async def aget(self, sid: str) -> Any:
+        return self.inner.get(sid)
+
+    async def aset(self, sid: str, session: dict[str, Any], max_age: int | None = None) -> None:
+        self.inner.set(sid, session, max_age)
+
+    async def adestroy(self, sid: str) -> None:
+        self.inner.destroy(sid)
+
+
+class TestGetSession(unittest.TestCase):
+    def test_from_an_environ_a_scope_or_a_request_object(self) -> None:
+        session = Session({}, "sid", None, False, None)  # type: ignore[arg-type]
+        carrier = {"bunway.session": session}
+
+        class Carrier:
+            def __init__(self, **attributes: Any) -> None:
+                self.__dict__.update(attributes)
+        for request in (carrier, Carrier(scope=carrier), Carrier(environ=carrier), Carrier(META=carrier),
+                        Carrier(scope=carrier, META={})):
+            self.assertIs(get_session(request), session)
+        for request in ({}, Carrier(scope={}), Carrier(), None, Carrier(scope="not a mapping")):
+            with self.assertRaisesRegex(LookupError, "wrap the app in SessionMiddleware .* or ASGISessionMiddleware"):
+                get_session(request)
+
+    def test_wsgi_refuses_a_store_with_only_async_methods(self) -> None:
+        with self.assertRaisesRegex(TypeError, r"store must have get, set and destroy methods; AsyncOnlyStore "
+                                    r"has no get\(\); a store with only async methods serves ASGISessionMiddleware"):
+            wsgi(text_app(counter), store=AsyncOnlyStore())
+        client = ASGIClient(asgi(asgi_text_app(counter), store=AsyncOnlyStore()))
+        client.request()
+        self.assertEqual(client.request().body, b"2")
 
 
 # ---------------------------------------------------------------------------
