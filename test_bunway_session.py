@@ -1594,7 +1594,7 @@ class TestASGI(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(self.store.kinds(), ["set", "set"])
 
     async def test_an_exception_before_the_start_drops_the_changes(self) -> None:
-        app, cookie, sid = await self.started_session()
+        _, cookie, sid = await self.started_session()
 
         async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
             get_session(scope)["views"] = 100
@@ -1726,7 +1726,7 @@ class TestASGI(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(seen, ["http"])
 
     async def test_regenerate_and_destroy_do_their_store_work_at_commit(self) -> None:
-        app, cookie, sid = await self.started_session()
+        _, cookie, sid = await self.started_session()
         during: list[Any] = []
 
         def login(session: Session, scope: dict[str, Any]) -> str:
@@ -1751,7 +1751,7 @@ class TestASGI(unittest.IsolatedAsyncioTestCase):
         self.assertIn("Expires=Thu, 01 Jan 1970", response.session_cookie() or "")
 
     async def test_an_exception_after_destroy_keeps_the_session(self) -> None:
-        app, cookie, sid = await self.started_session()
+        _, cookie, sid = await self.started_session()
 
         def failing_logout(session: Session, scope: dict[str, Any]) -> None:
             session.destroy()
@@ -1877,7 +1877,7 @@ class TestASGI(unittest.IsolatedAsyncioTestCase):
             store = RecordingStore(MemoryStore(now=clock))
             ids = iter(["Yi0qQ7Ob8Mgk3N1TKNwaHx9tmU-RPf_2", "second-id"])
             handler_app = text_app(login) if wrap is wsgi else asgi_text_app(login)
-            client = make_client(wrap(handler_app, store=store, now=clock, genid=lambda request: next(ids),
+            client = make_client(wrap(handler_app, store=store, now=clock, genid=lambda request, ids=ids: next(ids),
                                       cookie={"maxAge": 86400000, "sameSite": "lax", "priority": "high",
                                               "partitioned": True, "domain": "example.com"}))
             headers = []
