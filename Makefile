@@ -1,7 +1,7 @@
 PYTHON ?= python3
 CACHE := .cache
 
-.PHONY: test test-all timeshift demo lint bench interop
+.PHONY: test test-all timeshift demo lint bench interop examples
 
 # The README's test command.
 test:
@@ -49,3 +49,9 @@ interop: interop/node_modules/.installed
 interop/node_modules/.installed: interop/package.json
 	cd interop && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The example apps (Starlette, FastAPI, Quart, Litestar, Django) under a real uvicorn, each
+# walked through login, a protected page and logout; an example whose framework is missing
+# is skipped. .ci/run gives it a Python with all of them.
+examples:
+	$(PYTHON) examples/run_examples.py

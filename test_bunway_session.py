@@ -11,6 +11,7 @@ import asyncio
 import http
 import http.client
 import http.cookiejar
+import importlib
 import inspect
 import io
 import json
@@ -1914,6 +1915,176 @@ class TestASGI(unittest.IsolatedAsyncioTestCase):
             ASGISessionMiddleware(None, secret=SECRET)
         with self.assertRaisesRegex(TypeError, r"genid must be a callable\(scope\)"):
             ASGISessionMiddleware(app, secret=SECRET, genid="x")
+
+
+# ---------------------------------------------------------------------------
+# §9 ASGI end to end: Starlette and FastAPI under a real uvicorn
+# ---------------------------------------------------------------------------
+
+def optional(module: str) -> Any:
+    """Import a test-only package, or skip (fail under BUNWAY_REQUIRE_ALL=1) without it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        unavailable(f"{module} is not installed (pip install {module.split('.')[0]})")
+
+
+class UvicornServer:
+    """A real uvicorn server in a thread, on a socket bound to port 0; stopped on exit."""
+
+    def __init__(self, app: Any) -> None:
+        uvicorn = optional("uvicorn")
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        wait_for(lambda: self.server.started or not self.thread.is_alive(), 30)
+        if not self.server.started:
+            raise AssertionError("uvicorn did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.socket.close()
+        if self.thread.is_alive():
+            raise AssertionError("uvicorn did not stop within 30 s")
+
+
+def starlette_app(store: Any) -> Any:
+    """A Starlette app: login regenerates, a protected page, a streaming page that changes the
+    session while it streams, a sync view that saves, logout destroys."""
+    applications = optional("starlette.applications")
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def login(request: Any) -> Any:
+        request.session.regenerate()
+        request.session["user"] = request.query_params.get("user", "alice")
+        return PlainTextResponse("logged in")
+
+    async def private(request: Any) -> Any:
+        user = request.session.get("user")
+        return PlainTextResponse(f"hello {user}" if user else "who are you?", 200 if user else 401)
+
+    async def value(request: Any) -> Any:
+        return PlainTextResponse(json.dumps(get_session(request).get(request.path_params["key"])))
+
+    async def stream(request: Any) -> Any:
+        session = request.session
+
+        async def chunks() -> Any:
+            yield b"first "
+            session["streamed"] = "while streaming"   # after the headers went out
+            yield b"second"
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    def sync_view(request: Any) -> Any:   # a def view: Starlette runs it on a worker thread
+        session = get_session(request)
+        session["from_a_thread"] = True
+        session.save()
+        return PlainTextResponse("saved")
+
+    async def logout(request: Any) -> Any:
+        request.session.destroy()
+        return PlainTextResponse("bye")
+    return applications.Starlette(
+        routes=[Route("/login", login, methods=["POST"]), Route("/private", private),
+                Route("/value/{key}", value), Route("/stream", stream), Route("/sync", sync_view),
+                Route("/logout", logout, methods=["POST"])],
+        middleware=[Middleware(ASGISessionMiddleware, secret=SECRET, store=store)])
+
+
+def fastapi_app(store: Any) -> Any:
+    """The same flow in FastAPI: add_middleware, and a dependency that returns get_session(request)."""
+    fastapi = optional("fastapi")
+    app = fastapi.FastAPI()
+    app.add_middleware(ASGISessionMiddleware, secret=SECRET, store=store, save_uninitialized=False)
+
+    def session_of(request: Any) -> Session:
+        return get_session(request)
+    # (This module's annotations are strings; FastAPI needs the class to inject the request.)
+    session_of.__annotations__ = {"request": fastapi.Request, "return": Session}
+    current = fastapi.Depends(session_of)
+
+    @app.post("/login")
+    async def login(session: Session = current) -> dict[str, str]:
+        session.regenerate()
+        session["user"] = "alice"
+        return {"ok": "logged in"}
+
+    @app.get("/private")
+    async def private(session: Session = current) -> Any:
+        if "user" not in session:
+            raise fastapi.HTTPException(401, "who are you?")
+        return {"user": session["user"]}
+
+    @app.get("/count")
+    def count(session: Session = current) -> dict[str, int]:   # a sync view, on a worker thread
+        session["views"] = session.get("views", 0) + 1
+        return {"views": session["views"]}
+
+    @app.post("/logout")
+    async def logout(session: Session = current) -> dict[str, str]:
+        session.destroy()
+        return {"ok": "bye"}
+    return app
+
+
+def post(opener: urllib.request.OpenerDirector, url: str) -> tuple[int, str]:
+    return fetch(opener, url, b"")
+
+
+class TestASGIEndToEnd(unittest.TestCase):
+    def setUp(self) -> None:
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.store = FileStore(self.folder)   # a store that blocks: calls go to worker threads
+
+    def test_starlette_login_streaming_sync_view_and_logout(self) -> None:
+        with UvicornServer(starlette_app(self.store)) as live:
+            opener, jar = browser()
+            self.assertEqual(fetch(opener, live.url + "/private"), (401, "who are you?"))
+            before = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertEqual(post(opener, live.url + "/login"), (200, "logged in"))
+            after = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertNotEqual(before, after, "login must regenerate the ID")
+            self.assertIsNone(self.store.get(sid_of("x=" + before)))
+            self.assertEqual(fetch(opener, live.url + "/private"), (200, "hello alice"))
+            # StreamingResponse ends its own task once the last body is sent: the change made
+            # while streaming is saved before that, so the next request sees it.
+            self.assertEqual(fetch(opener, live.url + "/stream"), (200, "first second"))
+            self.assertEqual(fetch(opener, live.url + "/value/streamed"), (200, '"while streaming"'))
+            self.assertEqual(fetch(opener, live.url + "/sync"), (200, "saved"))
+            self.assertEqual(fetch(opener, live.url + "/value/from_a_thread"), (200, "true"))
+            self.assertEqual(post(opener, live.url + "/logout"), (200, "bye"))
+            self.assertEqual(list(jar), [])
+            self.assertIsNone(self.store.get(sid_of("x=" + after)))
+            self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
+            # The logged-in cookie, replayed after logout, is just an unknown session.
+            replay = urllib.request.Request(live.url + "/private", headers={"Cookie": "connect.sid=" + after})
+            with self.assertRaises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(replay, timeout=10)
+            self.assertEqual(refused.exception.code, 401)
+            refused.exception.close()
+
+    def test_fastapi_add_middleware_and_a_session_dependency(self) -> None:
+        with UvicornServer(fastapi_app(self.store)) as live:
+            opener, jar = browser()
+            self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
+            self.assertEqual(list(jar), [])   # save_uninitialized=False: no cookie for nothing
+            self.assertEqual(post(opener, live.url + "/login"), (200, '{"ok":"logged in"}'))
+            self.assertEqual(fetch(opener, live.url + "/private"), (200, '{"user":"alice"}'))
+            self.assertEqual(fetch(opener, live.url + "/count"), (200, '{"views":1}'))
+            self.assertEqual(fetch(opener, live.url + "/count"), (200, '{"views":2}'))
+            self.assertEqual(post(opener, live.url + "/logout"), (200, '{"ok":"bye"}'))
+            self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
+            self.assertEqual(self.store.length(), 0)
 
 
 class AsyncOnlyStore:
