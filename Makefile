@@ -33,13 +33,15 @@ $(CACHE)/lint/bin/mypy:
 	$(PYTHON) -m venv $(CACHE)/lint
 	$(CACHE)/lint/bin/pip install --quiet --disable-pip-version-check ruff==0.17.6 mypy==2.4.1
 
-# The benchmark, with Beaker for the comparison in .cache/bench.
+# The benchmark, with what it compares against (Beaker; Starlette and starsessions for ASGI)
+# in .cache/bench.
 bench: $(CACHE)/bench/bin/python
 	$(CACHE)/bench/bin/python bench/bench.py
 
 $(CACHE)/bench/bin/python:
 	$(PYTHON) -m venv $(CACHE)/bench
-	$(CACHE)/bench/bin/pip install --quiet --disable-pip-version-check beaker || echo "Beaker could not be installed: the bench runs without it"
+	$(CACHE)/bench/bin/pip install --quiet --disable-pip-version-check beaker starlette itsdangerous starsessions redis \
+	  || echo "the comparisons could not be installed: the bench runs without them"
 
 # express-session and bunway_session side by side on one secret and one store (needs node
 # and npm; the Redis scenarios need redis-server and redis-py, and are skipped without them).

@@ -21,10 +21,11 @@ service and a Python service sharing a secret and a store share their users' ses
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import difflib
 import errno
 import functools
+import hashlib
 import heapq
 import hmac
 import json
@@ -96,9 +97,28 @@ def _secret_bytes(secret: Secret) -> bytes:
     return secret.encode("utf-8") if isinstance(secret, str) else secret
 
 
+_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
+_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
+
+
+@functools.lru_cache(maxsize=32)
+def _hmac_sha256_keyed(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) with the key's part done once: the SHA-256 states after the
+    inner and the outer padded key. A signature then costs two state copies, half of what
+    a new HMAC does (the wire-format tests pin it to Node's cookie-signature)."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return hashlib.sha256(key.translate(_INNER_PAD)), hashlib.sha256(key.translate(_OUTER_PAD))
+
+
 def _signature(value: str, key: bytes) -> str:
-    mac = hmac.digest(key, value.encode("utf-8"), "sha256")  # one-shot: no HMAC object
-    return base64.b64encode(mac).decode("ascii").rstrip("=")
+    inner_keyed, outer_keyed = _hmac_sha256_keyed(key)
+    inner = inner_keyed.copy()
+    inner.update(value.encode("utf-8"))
+    outer = outer_keyed.copy()
+    outer.update(inner.digest())
+    return binascii.b2a_base64(outer.digest(), newline=False).decode("ascii").rstrip("=")
 
 
 def sign(value: str, secret: Secret) -> str:
@@ -370,6 +390,35 @@ def _cookie_expires_ms(cookie: Mapping[str, Any]) -> int | None:
 
 _SAME_SITE_VALUES = ("strict", "lax", "none")
 _PRIORITY_VALUES = ("low", "medium", "high")
+_ATTRIBUTE_VALUE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")    # no controls, spaces or ";"
+_MAX_EXPIRES_MS = 253_402_300_799_999   # 9999-12-31T23:59:59.999Z: the last moment a date here can hold
+
+
+def _valid_path(path: Any) -> bool:
+    """Can `path` go into a Set-Cookie header as the Path attribute?"""
+    return path.__class__ is str and path.startswith("/") and _ATTRIBUTE_VALUE.fullmatch(path) is not None
+
+
+def _valid_domain(domain: Any) -> bool:
+    """Can `domain` go into a Set-Cookie header as the Domain attribute?"""
+    return domain.__class__ is str and _ATTRIBUTE_VALUE.fullmatch(domain) is not None
+
+
+def _checked_expiry(expires_ms: int, option: str) -> int:
+    """An expiry that dates can hold (years 1970 to 9999), or ValueError naming the option."""
+    if not 0 <= expires_ms <= _MAX_EXPIRES_MS:
+        year = "before 1970" if expires_ms < 0 else "after the year 9999"
+        raise ValueError(f"{option} would make the cookie expire {year}, which a cookie's date cannot "
+                         "say; give a shorter time")
+    return expires_ms
+
+
+def _expiry_after(now_ms: int, lifetime_ms: int) -> int:
+    """now + lifetime, kept within what dates can hold (a stored lifetime may be absurd)."""
+    expires_ms = now_ms + lifetime_ms
+    if 0 <= expires_ms <= _MAX_EXPIRES_MS:
+        return expires_ms
+    return 0 if expires_ms < 0 else _MAX_EXPIRES_MS
 
 
 def _millis(value: Any, option: str) -> int | None:
@@ -434,7 +483,7 @@ class SessionCookie:
         if not isinstance(moment, datetime) or moment.tzinfo is None:
             raise TypeError("cookie.expires must be a timezone-aware datetime "
                             "(e.g. datetime.now(timezone.utc) + timedelta(days=30)) or None")
-        self._expires_ms = _datetime_ms(moment)
+        self._expires_ms = _checked_expiry(_datetime_ms(moment), "cookie.expires")
         # express-session: setting expires also sets originalMaxAge to what remains.
         self.original_max_age = self._expires_ms - _now_ms(self._now)
 
@@ -443,29 +492,35 @@ class SessionCookie:
         """Milliseconds until the cookie expires, or None for a browser-session cookie."""
         if self._expires_ms is None:
             return None
-        return self._expires_ms - _now_ms(self._now)
+        return self._expires_ms - int(self._now() * 1000)
 
     @max_age.setter
     def max_age(self, value: float | timedelta | None) -> None:
         ms = _millis(value, "cookie.max_age")
+        expires_ms = None if ms is None else _checked_expiry(_now_ms(self._now) + ms, "cookie.max_age")
         self.original_max_age = ms
-        self._expires_ms = None if ms is None else _now_ms(self._now) + ms
+        self._expires_ms = expires_ms
 
     def reset_expiry(self) -> None:
         """express-session's touch: expires = now + original max age."""
         if self.original_max_age is None:
             self._expires_ms = None
         else:
-            self._expires_ms = int(self._now() * 1000) + self.original_max_age
+            self._expires_ms = _expiry_after(_now_ms(self._now), self.original_max_age)
 
     def to_dict(self) -> Document:
         """The stored `cookie` object, field for field and in express-session's order."""
+        expires = None if self._expires_ms is None else _iso_ms(self._expires_ms)
+        if not self.partitioned and self.priority is None and self.domain is None and self.same_site is not None:
+            # The usual cookie, in one literal (the same fields in the same order as below).
+            return {"originalMaxAge": self.original_max_age, "expires": expires, "secure": self.secure,
+                    "httpOnly": self.http_only, "path": self.path, "sameSite": self.same_site}
         data: Document = {"originalMaxAge": self.original_max_age}
         if self.partitioned:
             data["partitioned"] = True
         if self.priority is not None:
             data["priority"] = self.priority
-        data["expires"] = None if self._expires_ms is None else _iso_ms(self._expires_ms)
+        data["expires"] = expires
         data["secure"] = self.secure
         data["httpOnly"] = self.http_only
         if self.domain is not None:
@@ -477,36 +532,59 @@ class SessionCookie:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], now: Clock = time.time) -> SessionCookie:
-        """Read a stored cookie object, written by us or by Node; missing or odd fields take
-        their absent meaning. Raises ValueError when `expires` is not a timestamp."""
+        """Read a stored cookie object, written by us or by Node; missing fields take their
+        absent meaning. What could not have been set as an option raises ValueError (the
+        stored cookie is unusable, so the request gets a new session): a path or domain that
+        is not a valid cookie attribute (';', spaces, control characters), an unknown
+        sameSite or priority, an expires that is not a date, an originalMaxAge out of range.
+        So nothing a store holds reaches a header unchecked."""
         get = data.get
+        # Every loaded session makes one: set the fields directly (keyword binding costs more).
+        cookie = cls.__new__(cls)
         expires = get("expires")
-        if expires is not None and not isinstance(expires, str):
+        if expires is None:
+            cookie._expires_ms = None
+        elif expires.__class__ is str:
+            cookie._expires_ms = _parse_iso_ms(expires)
+        else:
             raise ValueError(f"cookie.expires is not a timestamp: {expires!r}")
         original = get("originalMaxAge")
-        if original.__class__ not in (int, float):
-            original = None
+        if original.__class__ is float and math.isfinite(original):
+            original = int(original)
+        if original.__class__ is not int:
+            original = None  # (a browser-session cookie, as express-session reads a non-number)
+        elif not -_MAX_EXPIRES_MS <= original <= _MAX_EXPIRES_MS:
+            raise ValueError(f"cookie.originalMaxAge is out of range: {original!r}")
+        cookie.original_max_age = original
+        path = get("path")
+        if path is None:
+            path = "/"
+        elif path != "/" and not _valid_path(path):
+            raise ValueError(f"cookie.path is not a cookie path: {path!r}")
+        cookie.path = path
+        domain = get("domain")
+        if domain is not None and not _valid_domain(domain):
+            raise ValueError(f"cookie.domain is not a host name: {domain!r}")
+        cookie.domain = domain
         same_site = get("sameSite")
         if same_site is True:  # the `cookie` package reads true as Strict
             same_site = "strict"
-        elif same_site.__class__ is str and same_site not in _SAME_SITE_VALUES:
+        elif same_site is False:
+            same_site = None
+        elif same_site is not None and same_site not in _SAME_SITE_VALUES:
+            if same_site.__class__ is not str or same_site.lower() not in _SAME_SITE_VALUES:
+                raise ValueError(f"cookie.sameSite is not strict, lax or none: {same_site!r}")
             same_site = same_site.lower()
+        cookie.same_site = same_site
         priority = get("priority")
-        if priority.__class__ is str:
+        if priority is not None and priority not in _PRIORITY_VALUES:
+            if priority.__class__ is not str or priority.lower() not in _PRIORITY_VALUES:
+                raise ValueError(f"cookie.priority is not low, medium or high: {priority!r}")
             priority = priority.lower()
-        path = get("path")
-        domain = get("domain")
-        # Every loaded session makes one: set the fields directly (keyword binding costs more).
-        cookie = cls.__new__(cls)
-        cookie.original_max_age = None if original is None else int(original)
-        cookie._expires_ms = None if expires is None else _parse_iso_ms(expires)
+        cookie.priority = priority
         cookie.secure = get("secure") is True
         cookie.http_only = get("httpOnly") is True
-        cookie.path = path if path.__class__ is str and path else "/"
-        cookie.domain = domain if domain.__class__ is str and domain else None
-        cookie.same_site = same_site if same_site in _SAME_SITE_VALUES else None
         cookie.partitioned = get("partitioned") is True
-        cookie.priority = priority if priority in _PRIORITY_VALUES else None
         cookie._now = now
         return cookie
 
@@ -771,7 +849,7 @@ def _apply_changes(document: Document, changes: Mapping[str, Any], deleted: Iter
 
 _MAX_COOKIE_SHAPES = 64
 if TYPE_CHECKING:
-    _MemoryEntry: TypeAlias = tuple[str, dict[str, Any], int | None, int]
+    _MemoryEntry: TypeAlias = tuple[str, dict[str, Any], str | None, int]
 
 
 class MemoryStore:
@@ -782,12 +860,15 @@ class MemoryStore:
     or touch. Expired sessions are pruned a few at a time as new ones are stored.
     """
 
+    blocking = False  # every call takes microseconds under a short lock: ASGI calls it on the loop
+
     def __init__(self, ttl: int = DAY_MS, now: Clock = time.time) -> None:
         self.ttl = _check_ttl(ttl)
         self._now = now
         self._lock = threading.Lock()
-        # sid -> (data JSON, cookie without expires, cookie.expires in ms, deadline ms).
-        # The expiry lives beside the JSON, so a touch rewrites no text.
+        # sid -> (data JSON, cookie without expires, cookie.expires as written, deadline ms).
+        # The expiry lives beside the JSON, so a touch rewrites no text, and a read
+        # formats no date.
         self._entries: dict[str, _MemoryEntry] = {}
         self._deadlines: list[tuple[int, str]] = []  # a heap; entries may have moved on
         # Most sessions share one cookie shape: keep one copy of each (bounded).
@@ -808,15 +889,14 @@ class MemoryStore:
 
     def _entry(self, data_json: str, cookie: Mapping[str, Any], now_ms: int,
                current: dict[str, Any] | None = None) -> _MemoryEntry:
-        expires = _cookie_expires_ms(cookie)
-        deadline = int(_deadline_ms(expires, now_ms, self.ttl))
-        return data_json, self._shape(cookie, current), expires, deadline
+        deadline = int(_deadline_ms(_cookie_expires_ms(cookie), now_ms, self.ttl))
+        return data_json, self._shape(cookie, current), cookie.get("expires"), deadline
 
     @staticmethod
     def _decode(entry: _MemoryEntry) -> Document:
         data, shape, expires, _ = entry
         cookie = dict(shape)
-        cookie["expires"] = None if expires is None else _iso_ms(expires)
+        cookie["expires"] = expires
         document: Document = {"cookie": cookie}
         document.update(_loads(data))
         return document
@@ -831,7 +911,8 @@ class MemoryStore:
     def _store(self, sid: str, entry: _MemoryEntry, now_ms: int) -> None:
         if sid not in self._entries:
             heapq.heappush(self._deadlines, (entry[3], sid))
-            self._prune(now_ms, budget=8)
+            if self._deadlines[0][0] <= now_ms:  # something is due
+                self._prune(now_ms, budget=8)
         self._entries[sid] = entry
 
     def _prune(self, now_ms: int, budget: int | None = None) -> None:
@@ -854,9 +935,10 @@ class MemoryStore:
         return None if entry is None else self._decode(entry)
 
     def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
-        now_ms = _now_ms(self._now)
-        data = _dumps({key: value for key, value in session.items() if key != "cookie"})
-        entry = self._entry(data, session.get("cookie") or {}, now_ms)
+        now_ms = int(self._now() * 1000)
+        data = dict(session)
+        cookie = data.pop("cookie", None) or {}
+        entry = self._entry(_dumps(data), cookie, now_ms)
         with self._lock:
             self._store(sid, entry, now_ms)
 
@@ -1157,24 +1239,42 @@ class FileStore:
         The file is rewritten only when its last write is older than the tolerance
         (`touch_after`): a read-only request then costs a stat, not a write.
         """
-        if _file_sid_problem(sid):
-            return False
-        path = self._file(sid)
         now_ms = _now_ms(self._now)
+        due = self._touch_due(sid, session, now_ms)
+        return due is False or (due is True and self._rewrite_cookie(sid, session, now_ms))
+
+    def _touch_due(self, sid: str, session: Document, now_ms: int) -> bool | None:
+        """Must touch() rewrite the file? None: there is no such session file."""
+        if _file_sid_problem(sid):
+            return None
         try:
-            written_ms = os.stat(path).st_mtime * 1000
+            written_ms = os.stat(self._file(sid)).st_mtime * 1000
         except FileNotFoundError:
-            return False
-        if now_ms - written_ms < self._touch_tolerance(session.get("cookie")):
-            return True
+            return None
+        return now_ms - written_ms >= self._touch_tolerance(session.get("cookie"))
+
+    def _rewrite_cookie(self, sid: str, session: Document, now_ms: int) -> bool:
         with self._locked(sid):
             document = self._live_document_or_drop_lock(sid)
             if document is None:
                 return False
             document["cookie"] = session.get("cookie", document.get("cookie"))
-            self._write(path, document, now_ms)
+            self._write(self._file(sid), document, now_ms)
         self._reap_step(now_ms)
         return True
+
+    # From an event loop (ASGISessionMiddleware): reading a small file from the page cache
+    # takes microseconds, a hop to a worker thread tens of them, so get() and the stat of a
+    # touch run inline; whatever writes or waits for a lock runs on a worker thread.
+    async def aget(self, sid: str) -> Document | None:
+        return self.get(sid)
+
+    async def atouch(self, sid: str, session: Document) -> bool:
+        now_ms = _now_ms(self._now)
+        due = self._touch_due(sid, session, now_ms)
+        if due is not True:
+            return due is False
+        return await asyncio.get_running_loop().run_in_executor(None, self._rewrite_cookie, sid, session, now_ms)
 
     def destroy(self, sid: str) -> None:
         if _file_sid_problem(sid):
@@ -1442,7 +1542,6 @@ _COOKIE_KEYS = ("max_age", "expires", "secure", "http_only", "path", "domain", "
 _OPTION_NAMES = ("secret", "name", "cookie", "store", "resave", "save_uninitialized", "rolling",
                  "genid", "proxy", "now", "saveUninitialized")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")       # RFC 6265 cookie-name
-_ATTRIBUTE_VALUE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")    # no controls, spaces or ";"
 _MAX_COOKIE_CHARS = 4096
 _MAX_VERIFIED = 4096   # remembered session cookie values, per middleware
 
@@ -1502,10 +1601,12 @@ class _CookieOptions:
         if self.max_age is not None and self.max_age <= 0:
             raise ValueError(f"{source} max_age must be a positive number of milliseconds "
                              f"(or None for a browser-session cookie), not {given['max_age']!r}")
+        if self.max_age is not None:
+            _checked_expiry(_now_ms(time.time) + self.max_age, f"{source} max_age")
         expires = given.get("expires")
         if expires is not None and (not isinstance(expires, datetime) or expires.tzinfo is None):
             raise TypeError(f"{source} expires must be a timezone-aware datetime or None, not {expires!r}")
-        self.expires_ms = None if expires is None else _datetime_ms(expires)
+        self.expires_ms = None if expires is None else _checked_expiry(_datetime_ms(expires), f"{source} expires")
 
         secure = given.get("secure", False)
         if secure != "auto":
@@ -1515,14 +1616,14 @@ class _CookieOptions:
         self.partitioned = _require_bool(given.get("partitioned", False), f"{source} partitioned")
 
         path = given.get("path", "/")
-        if not isinstance(path, str) or not path.startswith("/") or not _ATTRIBUTE_VALUE.fullmatch(path):
+        if not _valid_path(path):
             raise ValueError(f"{source} path must be a str starting with '/' without spaces, "
                              f"';' or control characters, not {path!r}")
-        self.path = path
+        self.path: str = path
         domain = given.get("domain")
-        if domain is not None and (not isinstance(domain, str) or not _ATTRIBUTE_VALUE.fullmatch(domain)):
+        if domain is not None and not _valid_domain(domain):
             raise ValueError(f"{source} domain must be a host name or None, not {domain!r}")
-        self.domain = domain
+        self.domain: str | None = domain
 
         same_site = given.get("same_site", "lax")
         if same_site is True:  # as express's `cookie` package: true means Strict
@@ -1546,7 +1647,7 @@ class _CookieOptions:
             cookie.original_max_age = self.expires_ms - now_ms
         else:
             cookie.original_max_age = self.max_age
-            cookie._expires_ms = None if self.max_age is None else now_ms + self.max_age
+            cookie._expires_ms = None if self.max_age is None else _expiry_after(now_ms, self.max_age)
         cookie.secure = secure_request if self.secure == "auto" else self.secure is True
         cookie.http_only = self.http_only
         cookie.path = self.path
@@ -1597,6 +1698,7 @@ def _shared_memory_store() -> MemoryStore:
 
 
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_-]+")   # what encodeURIComponent leaves as it is, less . ! ~ * ' ( )
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")      # base64 -> base64url (24 bytes need no padding)
 
 
 class _SessionWrapper:
@@ -1659,7 +1761,7 @@ class _SessionWrapper:
 
     def generate_id(self, carrier: Mapping[str, Any]) -> str:
         if self._genid is None:  # 32 URL-safe characters, as express-session's uid-safe makes them
-            return base64.urlsafe_b64encode(os.urandom(24)).decode("ascii")
+            return binascii.b2a_base64(os.urandom(24), newline=False).translate(_URL_SAFE).decode("ascii")
         sid = self._genid(carrier)
         if not isinstance(sid, str) or not sid:
             raise TypeError(f"genid must return a non-empty str, not {sid!r}")
@@ -1879,9 +1981,9 @@ class _Lifecycle:
         return self.wrapper.rolling or (
             self.session.cookie._expires_ms is not None and self.is_modified(data_json))
 
-    def may_send_cookie(self) -> bool:
+    def may_send_cookie(self, cookie: SessionCookie) -> bool:
         # A Secure cookie never goes out over plain http.
-        return not self.session.cookie.secure or self.secure
+        return not cookie.secure or self.secure
 
     # -- the step functions ------------------------------------------------------
 
@@ -1905,11 +2007,13 @@ class _Lifecycle:
             touched = yield ("touch", session.id, _document(session.cookie, session))
             if touched is False:
                 self.gone = True
-        if self.gone or not self.should_set_cookie(data_json) or not self.may_send_cookie():
+        if self.gone or not self.should_set_cookie(data_json):
+            return []
+        cookie = session.cookie
+        if not self.may_send_cookie(cookie):
             return []
         self.cookie_sent = True
-        return [serialize_set_cookie(self.wrapper.name, self._cookie_value(), session.cookie,
-                                     session.cookie._expires_ms)]
+        return [serialize_set_cookie(self.wrapper.name, self._cookie_value(), cookie, cookie._expires_ms)]
 
     def commit_late(self) -> Steps:
         """At the end of a response whose headers went out earlier: save what changed since."""
@@ -1992,9 +2096,10 @@ class _Lifecycle:
             yield ("destroy", self.discarded.pop(0))
 
     def _expired_cookie(self) -> list[str]:
-        if not self.may_send_cookie():
+        cookie = self.session.cookie
+        if not self.may_send_cookie(cookie):
             return []
-        return [serialize_set_cookie(self.wrapper.name, "", self.session.cookie, 0)]
+        return [serialize_set_cookie(self.wrapper.name, "", cookie, 0)]
 
     def _cookie_value(self) -> str:
         """The signed ID, encoded; the request's own cookie when the current secret signed it."""
@@ -2247,7 +2352,8 @@ def _scope_path(scope: Mapping[str, Any]) -> str:
 
 
 def _header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[str]:
-    return [value.decode("latin-1") for key, value in headers if key.lower() == name]
+    """A request header's values; `name` in lower case, as ASGI servers give header names."""
+    return [value.decode("latin-1") for key, value in headers if key == name]
 
 
 def _scope_is_secure(scope: Mapping[str, Any], proxy: bool | None) -> bool:
@@ -2291,14 +2397,16 @@ class ASGISessionMiddleware(_SessionWrapper):
         kind = scope["type"]
         if kind != "http" and kind != "websocket":  # lifespan, and types we do not know
             return await self.app(scope, receive, send)  # type: ignore[no-any-return]
-        options = self._options_for(scope)
+        options = self._cookie_options if self._cookie_factory is None else self._options_for(scope)
         if options.path != "/" and not _scope_path(scope).startswith(options.path):
             return await self.app(scope, receive, send)  # type: ignore[no-any-return]
-        headers = scope.get("headers") or ()
-        cookies = _header_values(headers, b"cookie")
+        cookie_header = None
+        for name, value in scope.get("headers") or ():   # (HTTP/2 may send several Cookie headers)
+            if name == b"cookie":
+                text = value.decode("latin-1")
+                cookie_header = text if cookie_header is None else cookie_header + "; " + text
         websocket = kind == "websocket"
-        lifecycle = _Lifecycle(self, scope, _scope_is_secure(scope, self.proxy),
-                               "; ".join(cookies) if cookies else None, options,
+        lifecycle = _Lifecycle(self, scope, _scope_is_secure(scope, self.proxy), cookie_header, options,
                                asyncio.get_running_loop(), websocket)
         sid = lifecycle.cookie_id
         document = None
@@ -2341,30 +2449,29 @@ class _ASGIResponse:
         self.ended = False
 
     async def send(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.start = message
-            return
-        if self.start is not None:
+        start = self.start
+        if start is not None:
             if message["type"] == "http.response.body" and not message.get("body") \
                     and message.get("more_body", False):
                 return  # nothing to send yet, and nothing may go out before the headers
+            self.start = None
             self.ended = _ends_body(message)  # the commit covers everything the app did
-            await self._send_start()
+            # A store error here propagates to the app and the server before anything is sent.
+            calls = self.lifecycle.wrapper._calls
+            steps = self.lifecycle.commit()
+            set_cookies = _drive(steps, calls.sync) if calls.inline else await _adrive(steps, calls.acall)
+            if set_cookies:
+                start = dict(start)
+                start["headers"] = [*start.get("headers", ()),
+                                    *[(b"set-cookie", value.encode("latin-1")) for value in set_cookies]]
+            await self.send_to_server(start)
+        elif message["type"] == "http.response.start":
+            self.start = message
+            return
         elif not self.ended and _ends_body(message):
             self.ended = True
             await self.lifecycle.arun(self.lifecycle.commit_late())
         await self.send_to_server(message)
-
-    async def _send_start(self) -> None:
-        start, self.start = self.start, None
-        assert start is not None
-        # A store error here propagates to the app and the server before anything is sent.
-        set_cookies = await self.lifecycle.arun(self.lifecycle.commit())
-        if set_cookies:
-            start = dict(start)
-            start["headers"] = [*start.get("headers", ()),
-                                *[(b"set-cookie", value.encode("latin-1")) for value in set_cookies]]
-        await self.send_to_server(start)
 
 
 def get_session(request: Any) -> Session:

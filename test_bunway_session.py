@@ -715,6 +715,16 @@ class TestWireFormat(unittest.TestCase):
                 self.assertEqual(sign(value, secret.encode()), signed)
                 self.assertEqual(unsign(signed, secret), value)
 
+    def test_signatures_are_hmac_sha256_for_keys_of_every_length(self) -> None:
+        import base64
+        import hashlib
+        import hmac
+        for key in (b"", b"k", b"x" * 63, b"x" * 64, b"x" * 65, b"y" * 300, "sécret ☃".encode()):
+            for value in ("", "a", "é" * 100, "s3ss10n-1d"):
+                with self.subTest(key=key[:10], key_length=len(key), value=value[:5]):
+                    expected = base64.b64encode(hmac.new(key, value.encode(), hashlib.sha256).digest())
+                    self.assertEqual(sign(value, key), value + "." + expected.decode().rstrip("="))
+
     def test_unsign_rejects_what_does_not_verify(self) -> None:
         signed = sign("hello", "tobiiscool")
         self.assertIsNone(unsign(signed, "wrong"))

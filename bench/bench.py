@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Per-request cost of bunway_session, against Beaker and a hand-written floor.
+"""Per-request cost of bunway_session: WSGI against Beaker and a hand-written floor; ASGI
+(a Starlette app) against Starlette's cookie SessionMiddleware and starsessions.
 
-    make bench              (creates bench/.venv with Beaker for the comparison)
-    python bench/bench.py   (without Beaker: the Beaker rows are left out, and it says so)
+    make bench              (creates .cache/bench with Beaker, Starlette and starsessions)
+    python bench/bench.py   (without them: their rows are left out, and it says so)
 
 Each contestant is a WSGI app called in-process the way a server would: build the
 environ, call, iterate and close the body. Contestants run interleaved round by round
@@ -13,6 +14,7 @@ app's cost subtracted, and the min-max over rounds.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import hashlib
@@ -39,6 +41,19 @@ try:
     from beaker.middleware import SessionMiddleware as BeakerMiddleware
 except ImportError:
     BeakerMiddleware = None
+try:
+    import starlette
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.sessions import SessionMiddleware as StarletteCookieSessions
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+except ImportError:
+    starlette = None
+try:
+    import starsessions
+except ImportError:
+    starsessions = None
 
 SECRET = "bench secret"
 DAY_MS = 86_400_000
@@ -403,6 +418,144 @@ def memory_per_session() -> float:
     return grown / count
 
 
+# -- ASGI: a Starlette app, in-process ------------------------------------------------------
+
+def asgi_scope(cookie: str | None) -> dict[str, Any]:
+    headers = [(b"host", b"127.0.0.1:8000")]
+    if cookie:
+        headers.append((b"cookie", cookie.encode("latin-1")))
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/", "root_path": "",
+            "query_string": b"", "headers": headers, "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000)}
+
+
+async def receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class ASGICall:
+    """One request, as a server makes it: a new scope, receive, send; keeps the response headers."""
+
+    headers: list[tuple[bytes, bytes]] = []
+
+    @staticmethod
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            ASGICall.headers = message["headers"]
+
+
+async def call_asgi(app: Any, cookie: str | None) -> list[tuple[bytes, bytes]]:
+    await app(asgi_scope(cookie), receive, ASGICall.send)
+    return ASGICall.headers
+
+
+def starlette_app(write: bool | None, middleware: list[Any]) -> Any:
+    """W1/W3 increment a counter in request.session, W2 reads it; None: the bare app."""
+    async def endpoint(request: Any) -> Any:
+        if write is True:
+            request.session["views"] = request.session.get("views", 0) + 1
+        elif write is False:
+            request.session.get("views")
+        return PlainTextResponse("ok")
+    return Starlette(routes=[Route("/", endpoint)], middleware=middleware)
+
+
+class ASGIContestant(Contestant):
+    async def arun(self, n: int) -> float:
+        app, cookie = self.app, self.cookie
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            for _ in range(n):
+                await app(asgi_scope(cookie), receive, ASGICall.send)
+            return time.perf_counter() - start
+        finally:
+            gc.enable()
+
+
+async def measure_asgi(contestants: list[ASGIContestant], rounds: int = ROUNDS) -> None:
+    os.sync()
+    for contestant in contestants:
+        n = 1
+        while True:
+            took = await contestant.arun(n)
+            if took > BATCH_SECONDS / 4 or n > 100_000:
+                contestant.batch = max(1, int(n * BATCH_SECONDS / max(took, 1e-9)))
+                break
+            n *= 4
+        await contestant.arun(contestant.batch)
+    for _ in range(rounds):
+        for contestant in contestants:
+            contestant.samples.append(await contestant.arun(contestant.batch) / contestant.batch * 1e6)
+
+
+async def asgi_cookie(app: Any, name: str) -> str:
+    for header, value in await call_asgi(app, None):
+        if header == b"set-cookie" and value.startswith(name.encode() + b"="):
+            return value.decode("latin-1").split(";", 1)[0]
+    raise RuntimeError(f"no {name} cookie")
+
+
+ASGI_STORES = ("memory", "file")
+
+
+async def asgi_rows(folder: str) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """For each workload, the cost (µs over the bare Starlette app) of each contestant."""
+    bare = ASGIContestant("bare", starlette_app(None, []))
+    contestants: list[ASGIContestant] = [bare]
+    kinds: dict[str, Any] = {}
+    for kind in ASGI_STORES:
+        store = bs.MemoryStore() if kind == "memory" else bs.FileStore(os.path.join(folder, "asgi-" + kind))
+        kinds[f"ours ({kind})"] = [Middleware(bs.ASGISessionMiddleware, secret=SECRET, store=store, resave=False)]
+    kinds["starlette cookie"] = [Middleware(StarletteCookieSessions, secret_key=SECRET)]
+    if starsessions is not None:
+        kinds["starsessions"] = [Middleware(starsessions.SessionMiddleware, store=starsessions.InMemoryStore(),
+                                            lifetime=DAY_MS // 1000, cookie_https_only=False),
+                                 Middleware(starsessions.SessionAutoloadMiddleware)]
+    names = {"ours (memory)": "connect.sid", "ours (file)": "connect.sid", "starlette cookie": "session",
+             "starsessions": "session"}
+    for label, middleware in kinds.items():
+        w3 = starlette_app(True, middleware)
+        cookie = await asgi_cookie(w3, names[label])
+        contestants += [ASGIContestant(f"{label} W1", starlette_app(True, middleware)),
+                        ASGIContestant(f"{label} W2", starlette_app(False, middleware), cookie),
+                        ASGIContestant(f"{label} W3", w3, cookie)]
+    await measure_asgi(contestants)
+    base = median(bare)
+    cost = {c.name: median(c) - base for c in contestants[1:]}
+    return {w: {label: cost[f"{label} {w}"] for label in kinds} for w in ("W1", "W2", "W3")}, list(kinds)
+
+
+def report_asgi(folder: str, misses: list[str]) -> None:
+    if starlette is None:
+        print("\nASGI: Starlette is not installed: no ASGI rows (make bench installs it in .cache/bench)")
+        return
+    table, labels = asyncio.run(asgi_rows(folder))
+    print(f"\nASGI: a Starlette {starlette.__version__} app in-process, µs per request over the bare app"
+          + ("" if starsessions is None else f"; starsessions {starsessions_version()}"))
+    print(f"{'workload':<10}" + "".join(f"{label:>18}" for label in labels)
+          + f"{'starlette/ours':>16}" + (f"{'starsessions/ours':>19}" if "starsessions" in labels else ""))
+    for workload, costs in table.items():
+        ours = costs["ours (memory)"]
+        line = f"{workload:<10}" + "".join(f"{costs[label]:18.1f}" for label in labels)
+        line += f"{costs['starlette cookie'] / ours:16.2f}"
+        if "starsessions" in costs:
+            line += f"{costs['starsessions'] / ours:19.2f}"
+        print(line)
+        if workload == "W1" and ours > 1.10 * costs["starlette cookie"]:
+            misses.append(f"ASGI W1: {ours / costs['starlette cookie']:.2f}x Starlette's cookie middleware (target 1.10)")
+        if workload != "W1":
+            for rival in ("starlette cookie", "starsessions"):
+                if rival in costs and ours >= costs[rival]:
+                    misses.append(f"ASGI {workload}: not faster than {rival} ({ours:.1f} vs {costs[rival]:.1f} µs)")
+
+
+def starsessions_version() -> str:
+    from importlib.metadata import version
+    return version("starsessions")
+
+
 # -- report ----------------------------------------------------------------------------
 
 def main() -> int:
@@ -481,6 +634,8 @@ def report(folder: str) -> int:
           "whole-document saves (express-session's stores)")
     for name, update, whole in concurrency_rows(folder):
         print(f"  {name:<10} {update:7.1f} {whole:7.1f}   update/whole {update / whole:.2f}")
+
+    report_asgi(folder, misses)
 
     per_session = memory_per_session()
     print(f"\nMemoryStore: {per_session:.0f} bytes per small session (tracemalloc, 20,000 sessions)")
