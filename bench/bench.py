@@ -31,7 +31,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -45,7 +45,9 @@ try:
     import starlette
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
-    from starlette.middleware.sessions import SessionMiddleware as StarletteCookieSessions
+    from starlette.middleware.sessions import (
+        SessionMiddleware as StarletteCookieSessions,
+    )
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 except ImportError:
@@ -435,9 +437,9 @@ async def receive() -> dict[str, Any]:
 
 
 class ASGICall:
-    """One request, as a server makes it: a new scope, receive, send; keeps the response headers."""
+    """A server's send: keeps the last response's headers."""
 
-    headers: list[tuple[bytes, bytes]] = []
+    headers: ClassVar[list[tuple[bytes, bytes]]] = []
 
     @staticmethod
     async def send(message: dict[str, Any]) -> None:
@@ -446,6 +448,7 @@ class ASGICall:
 
 
 async def call_asgi(app: Any, cookie: str | None) -> list[tuple[bytes, bytes]]:
+    """One request, as a server makes it: a new scope, receive, send."""
     await app(asgi_scope(cookie), receive, ASGICall.send)
     return ASGICall.headers
 
