@@ -195,16 +195,24 @@ class ASGIClient:
         full_scope = http_scope(path, method, headers, https, **(scope or {}))
         self.messages = messages = []
         requested = False
+        complete = asyncio.Event()
 
         async def receive() -> dict[str, Any]:
+            # As uvicorn does: the request, then "disconnect" once the response is complete.
             nonlocal requested
             if not requested:
                 requested = True
                 return {"type": "http.request", "body": b"", "more_body": False}
+            try:
+                await asyncio.wait_for(complete.wait(), 30)
+            except asyncio.TimeoutError:
+                pass
             return {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             messages.append(message)
+            if bs._ends_body(message):
+                complete.set()
         await self.app(full_scope, receive, send)
         response = response_of(messages)
         remember_cookies(self.cookies, response)
