@@ -61,6 +61,7 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "ASGISessionMiddleware",
+    "AsyncRedisStore",
     "FileStore",
     "MemoryStore",
     "RedisStore",
@@ -799,7 +800,7 @@ def _document(cookie: SessionCookie, data: Mapping[str, Any]) -> Document:
 
 
 # ---------------------------------------------------------------------------
-# Stores: the protocol, expiry shared by all, MemoryStore, FileStore, RedisStore
+# Stores: the protocol, expiry shared by all, MemoryStore, FileStore, RedisStore, AsyncRedisStore
 # ---------------------------------------------------------------------------
 
 @runtime_checkable
@@ -813,7 +814,11 @@ class SessionStore(Protocol):
       its data; False when the session no longer exists.
     - ``update(sid, changes, deleted, cookie, max_age) -> bool``: apply `changes` (top-level
       keys set) and `deleted` (keys removed) and the new `cookie` object onto the stored copy,
-      atomically; return False, writing nothing, when the session no longer exists.
+      atomically; return False, writing nothing, when the session no longer exists. With
+      `cookie` None (a websocket's save) the stored cookie and expiry stay as they are.
+    - the async twins ``aget``, ``aset``, ``adestroy``, ``atouch``, ``aupdate``, awaited by
+      ASGISessionMiddleware when present; ``blocking = False`` to have the sync methods
+      called on the event loop's thread (only for a store that never waits on anything).
     - ``all() -> dict[str, dict]``, ``length() -> int``, ``clear() -> None``.
     """
 
@@ -943,8 +948,8 @@ class MemoryStore:
             self._store(sid, entry, now_ms)
 
     def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
-               cookie: Document, max_age: int | None = None) -> bool:
-        if not changes and not deleted:  # nothing of the data changed (resave): a touch
+               cookie: Document | None, max_age: int | None = None) -> bool:
+        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
             return self.touch(sid, {"cookie": cookie})
         now_ms = _now_ms(self._now)
         with self._lock:
@@ -953,7 +958,10 @@ class MemoryStore:
                 return False
             data = _loads(entry[0])
             _apply_changes(data, changes, deleted)
-            self._store(sid, self._entry(_dumps(data), cookie, now_ms, entry[1]), now_ms)
+            if cookie is None:  # the stored cookie and expiry stay as they are
+                self._entries[sid] = (_dumps(data), entry[1], entry[2], entry[3])
+            else:
+                self._store(sid, self._entry(_dumps(data), cookie, now_ms, entry[1]), now_ms)
             return True
 
     def touch(self, sid: str, session: Document) -> bool:
@@ -1085,11 +1093,12 @@ class FileStore:
             raise ValueError(f"FileStore refuses session ID {sid!r} as a file name: {problem}")
         return self._file(sid)
 
-    def _write(self, path: str, document: Document, now_ms: int) -> None:
+    def _write(self, path: str, document: Document, now_ms: int, last_access_ms: int | None = None) -> None:
         """Write atomically: a uniquely named temporary file, then rename over the target.
-        The file's mtime is set to `now_ms`, so the touch tolerance compares the store's
-        clock with the store's clock."""
-        document["__lastAccess"] = now_ms
+        `__lastAccess` and the file's mtime are `last_access_ms` (default: now, by the
+        store's clock, so the touch tolerance compares the store's clock with itself)."""
+        written_ms = now_ms if last_access_ms is None else last_access_ms
+        document["__lastAccess"] = written_ms
         data = _dumps(document).encode("utf-8")
         folder, name = os.path.split(path)
         temp = os.path.join(folder, f".{name}.{now_ms:x}-{_secrets.token_hex(4)}{_TEMP_SUFFIX}")
@@ -1099,7 +1108,7 @@ class FileStore:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                written_ns = now_ms * 1_000_000
+                written_ns = written_ms * 1_000_000
                 os.utime(fd if _UTIME_FD else temp, ns=(written_ns, written_ns))
                 if self.fsync:
                     os.fsync(fd)
@@ -1202,18 +1211,23 @@ class FileStore:
         self._reap_step(now_ms)
 
     def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
-               cookie: Document, max_age: int | None = None) -> bool:
+               cookie: Document | None, max_age: int | None = None) -> bool:
         path = self._checked_file(sid)
-        if not changes and not deleted:  # nothing of the data changed (resave): a touch
+        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
             return self.touch(sid, {"cookie": cookie})
+        now_ms = _now_ms(self._now)
         with self._locked(sid):
             document = self._live_document_or_drop_lock(sid)
             if document is None:
                 return False
-            document["cookie"] = cookie
+            last_access = None
+            if cookie is None:  # the stored cookie and expiry stay, __lastAccess included
+                last = document.get("__lastAccess")
+                last_access = last if last.__class__ is int else None
+            else:
+                document["cookie"] = cookie
             _apply_changes(document, changes, deleted)
-            now_ms = _now_ms(self._now)
-            self._write(path, document, now_ms)
+            self._write(path, document, now_ms, last_access)
         self._reap_step(now_ms)
         return True
 
@@ -1417,20 +1431,23 @@ def _unlink_quietly(path: str) -> int:
         return 0
 
 
-class RedisStore:
-    """Sessions in Redis, as the npm package connect-redis (7) keeps them: key
-    `<prefix><sid>`, value the document as JSON, TTL from cookie.expires (else `ttl`).
+class _RedisFormat:
+    """What RedisStore and AsyncRedisStore share, without I/O: keys, values and TTLs as the
+    npm package connect-redis (7) writes them: key `<prefix><sid>`, value the document as
+    JSON, TTL from cookie.expires (else `ttl`) in whole seconds rounded up."""
 
-    `client` is a redis-py ``Redis`` or anything with its methods (get, set, delete,
-    expire, scan_iter, mget, pipeline); this module imports nothing of redis.
-    """
+    _client_example = "redis.Redis.from_url('redis://localhost:6379/0')"
 
     def __init__(self, client: Any, prefix: str = "sess:", ttl: int = DAY_MS,
                  now: Clock = time.time) -> None:
+        store = type(self).__name__
         if client is None:
-            raise TypeError("RedisStore needs a client, e.g. redis.Redis.from_url('redis://localhost:6379/0')")
+            raise TypeError(f"{store} needs a client, e.g. {self._client_example}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        if not prefix:
+            raise ValueError(f"{store} prefix must not be empty: its clear() deletes every key that starts "
+                             "with the prefix, which would be the whole database")
         self.client = client
         self.prefix = prefix
         self.ttl = _check_ttl(ttl)
@@ -1444,17 +1461,49 @@ class RedisStore:
         now_ms = _now_ms(self._now)
         return math.ceil((_deadline_ms(_document_expires_ms(document), now_ms, self.ttl) - now_ms) / 1000)
 
-    def _parse(self, key: str, raw: Any) -> Document:
+    def _document(self, key: str, raw: Any) -> Document | None:
+        """The stored document, or None (and a warning naming the key) if the value is not one."""
         document = _loads_document(raw)
         if document is None:
-            raise ValueError(f"Redis key {key!r} does not hold a session document (a JSON object); "
-                             "is another application using the prefix?")
+            log.warning("bunway_session: Redis key %r does not hold a session document; it counts as no "
+                        "session (is another application using the prefix %r?)", key, self.prefix)
         return document
+
+    def _merged(self, key: str, raw: Any, changes: Mapping[str, Any], deleted: Iterable[str],
+                cookie: Document | None) -> tuple[str, int | None] | None:
+        """update's new value and TTL in seconds (None: keep the key's TTL, for an update
+        that leaves the cookie as stored); None when there is no session to update."""
+        document = None if raw is None else self._document(key, raw)
+        if document is None:
+            return None
+        if cookie is not None:
+            document["cookie"] = cookie
+        _apply_changes(document, changes, deleted)
+        return _dumps(document), (None if cookie is None else self._ttl_seconds(document))
+
+    def _match(self) -> str:
+        """The SCAN pattern of this store's keys: the prefix, its glob characters escaped."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "*"
+
+    def _session_id(self, key: Any) -> str:
+        return (key.decode("utf-8") if isinstance(key, bytes) else key)[len(self.prefix):]
+
+
+_REDIS_RETRIES = 100   # optimistic transactions: attempts before giving up on a key that keeps changing
+
+
+class RedisStore(_RedisFormat):
+    """Sessions in Redis, as the npm package connect-redis (7) keeps them: key
+    `<prefix><sid>`, value the document as JSON, TTL from cookie.expires (else `ttl`).
+
+    `client` is a redis-py ``Redis`` or anything with its methods (get, set, delete,
+    expire, scan_iter, mget, pipeline); this module imports nothing of redis.
+    """
 
     def get(self, sid: str) -> Document | None:
         key = self._key(sid)
         raw = self.client.get(key)
-        return None if raw is None else self._parse(key, raw)
+        return None if raw is None else self._document(key, raw)
 
     def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
         seconds = self._ttl_seconds(session)
@@ -1472,45 +1521,41 @@ class RedisStore:
         return bool(self.client.expire(self._key(sid), seconds))
 
     def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
-               cookie: Document, max_age: int | None = None) -> bool:
+               cookie: Document | None, max_age: int | None = None) -> bool:
         """Optimistic transaction: WATCH the key, merge onto its current value, MULTI/EXEC;
-        start over if another client wrote the key in between."""
-        if not changes and not deleted:  # nothing of the data changed (resave): a touch
+        start over if another client wrote the key in between. `cookie` None keeps the
+        stored cookie and the key's TTL."""
+        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
             return self.touch(sid, {"cookie": cookie})
         key = self._key(sid)
         deleted = list(deleted)
-        for _ in range(100):
+        for _ in range(_REDIS_RETRIES):
             with self.client.pipeline() as pipe:
                 try:
                     pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
+                    merged = self._merged(key, pipe.get(key), changes, deleted, cookie)
+                    if merged is None:
                         return False
-                    document = self._parse(key, raw)
-                    document["cookie"] = cookie
-                    _apply_changes(document, changes, deleted)
-                    seconds = self._ttl_seconds(document)
+                    value, seconds = merged
                     pipe.multi()
-                    if seconds <= 0:
+                    if seconds is None:
+                        pipe.set(key, value, keepttl=True)
+                    elif seconds <= 0:
                         pipe.delete(key)
                     else:
-                        pipe.set(key, _dumps(document), ex=seconds)
+                        pipe.set(key, value, ex=seconds)
                     pipe.execute()
-                    return seconds > 0
+                    return seconds is None or seconds > 0
                 except Exception as exc:
                     if type(exc).__name__ != "WatchError":
                         raise
-        raise RuntimeError(f"could not update {key!r}: it kept changing under 100 attempts")
+        raise RuntimeError(f"could not update {key!r}: it kept changing under {_REDIS_RETRIES} attempts")
 
     def destroy(self, sid: str) -> None:
         self.client.delete(self._key(sid))
 
-    def _keys(self) -> list[str]:
-        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "*"
-        keys = []
-        for key in self.client.scan_iter(match=pattern, count=100):
-            keys.append(key.decode("utf-8") if isinstance(key, bytes) else key)
-        return keys
+    def _keys(self) -> list[Any]:
+        return list(self.client.scan_iter(match=self._match(), count=100))
 
     def all(self) -> dict[str, Document]:
         keys = self._keys()
@@ -1518,8 +1563,9 @@ class RedisStore:
         for start in range(0, len(keys), 100):
             batch = keys[start:start + 100]
             for key, raw in zip(batch, self.client.mget(batch)):
-                if raw is not None:
-                    sessions[key[len(self.prefix):]] = self._parse(key, raw)
+                document = None if raw is None else self._document(str(key), raw)
+                if document is not None:
+                    sessions[self._session_id(key)] = document
         return sessions
 
     def length(self) -> int:
@@ -1529,6 +1575,91 @@ class RedisStore:
         keys = self._keys()
         for start in range(0, len(keys), 100):
             self.client.delete(*keys[start:start + 100])
+
+
+class AsyncRedisStore(_RedisFormat):
+    """RedisStore for a redis.asyncio client, for ASGISessionMiddleware: the same keys,
+    values and TTLs (connect-redis compatible) and the same guarantees, awaited on the
+    event loop. Its methods are the async twins (aget, aset, adestroy, atouch, aupdate)
+    and async all(), length() and clear(); SessionMiddleware (WSGI) cannot use it.
+    """
+
+    _client_example = "redis.asyncio.Redis.from_url('redis://localhost:6379/0')"
+
+    async def aget(self, sid: str) -> Document | None:
+        key = self._key(sid)
+        raw = await self.client.get(key)
+        return None if raw is None else self._document(key, raw)
+
+    async def aset(self, sid: str, session: Document, max_age: int | None = None) -> None:
+        seconds = self._ttl_seconds(session)
+        if seconds <= 0:
+            await self.client.delete(self._key(sid))
+            return
+        await self.client.set(self._key(sid), _dumps(session), ex=seconds)
+
+    async def atouch(self, sid: str, session: Document) -> bool:
+        """Extend the key's TTL only: the data in Redis stays as it is."""
+        seconds = self._ttl_seconds(session)
+        if seconds <= 0:
+            await self.client.delete(self._key(sid))
+            return False
+        return bool(await self.client.expire(self._key(sid), seconds))
+
+    async def aupdate(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
+                      cookie: Document | None, max_age: int | None = None) -> bool:
+        """RedisStore.update, awaited: WATCH, merge, MULTI/EXEC, start over on a conflict."""
+        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
+            return await self.atouch(sid, {"cookie": cookie})
+        key = self._key(sid)
+        deleted = list(deleted)
+        for _ in range(_REDIS_RETRIES):
+            async with self.client.pipeline() as pipe:
+                try:
+                    await pipe.watch(key)
+                    merged = self._merged(key, await pipe.get(key), changes, deleted, cookie)
+                    if merged is None:
+                        return False
+                    value, seconds = merged
+                    pipe.multi()
+                    if seconds is None:
+                        pipe.set(key, value, keepttl=True)
+                    elif seconds <= 0:
+                        pipe.delete(key)
+                    else:
+                        pipe.set(key, value, ex=seconds)
+                    await pipe.execute()
+                    return seconds is None or seconds > 0
+                except Exception as exc:
+                    if type(exc).__name__ != "WatchError":
+                        raise
+        raise RuntimeError(f"could not update {key!r}: it kept changing under {_REDIS_RETRIES} attempts")
+
+    async def adestroy(self, sid: str) -> None:
+        await self.client.delete(self._key(sid))
+
+    async def _keys(self) -> list[Any]:
+        return [key async for key in self.client.scan_iter(match=self._match(), count=100)]
+
+    async def all(self) -> dict[str, Document]:
+        keys = await self._keys()
+        sessions: dict[str, Document] = {}
+        for start in range(0, len(keys), 100):
+            batch = keys[start:start + 100]
+            for key, raw in zip(batch, await self.client.mget(batch)):
+                document = None if raw is None else self._document(str(key), raw)
+                if document is not None:
+                    sessions[self._session_id(key)] = document
+        return sessions
+
+    async def length(self) -> int:
+        return len(await self._keys())
+
+    async def clear(self) -> None:
+        keys = await self._keys()
+        for start in range(0, len(keys), 100):
+            await self.client.delete(*keys[start:start + 100])
+
 
 
 # ---------------------------------------------------------------------------
@@ -2038,12 +2169,13 @@ class _Lifecycle:
         base = self.saved_json if self.saved_json is not None else self.original_json
         if data_json == base:
             return
+        changes, deleted = _changed_keys(base, data_json, session)
+        if not changes and not deleted:
+            return
         if not self.wrapper._calls.can_update:
             raise TypeError(f"a websocket saves its changes key by key with the store's update() (or "
-                            f"aupdate()); {type(self.wrapper.store).__name__} has neither, so the "
-                            f"changes to session[{', '.join(map(repr, _changed_keys(base, data_json, session)[0]))}] "
-                            "are not saved")
-        changes, deleted = _changed_keys(base, data_json, session)
+                            f"aupdate()); {type(self.wrapper.store).__name__} has neither, so its changes "
+                            f"to {', '.join(map(repr, [*changes, *deleted]))} are not saved")
         if (yield ("update", self.loaded_id, changes, deleted, None, None)):
             self.saved_id, self.saved_json = self.loaded_id, data_json
         else:

@@ -2105,6 +2105,216 @@ class TestASGIEndToEnd(unittest.TestCase):
             self.assertEqual(self.store.length(), 0)
 
 
+# ---------------------------------------------------------------------------
+# §9 WebSockets
+# ---------------------------------------------------------------------------
+
+def http_and_websocket_app(on_message: Callable[[Session, str], Any],
+                           on_http: Callable[[Session, dict[str, Any]], Any] = counter) -> Any:
+    """An ASGI app: HTTP requests call on_http (as asgi_text_app does); a websocket is accepted
+    and each text message gets on_message(session, text)'s result as the reply."""
+    http_app = asgi_text_app(on_http)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            return await http_app(scope, receive, send)
+        session = get_session(scope)
+        if (await receive())["type"] != "websocket.connect":
+            raise AssertionError("expected websocket.connect")
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return None
+            reply = on_message(session, message["text"])
+            if inspect.isawaitable(reply):
+                reply = await reply
+            await send({"type": "websocket.send", "text": str(reply)})
+    return app
+
+
+class WebSocket:
+    """An in-process websocket client: the handshake scope, a queue for receive(), and
+    what the app sends. `async with` opens it; close() disconnects and waits for the app."""
+
+    def __init__(self, app: Any, cookie: str | None = None, scheme: str = "ws") -> None:
+        headers = [(b"host", b"testserver")] + ([(b"cookie", cookie.encode("latin-1"))] if cookie else [])
+        self.scope = {"type": "websocket", "asgi": {"version": "3.0"}, "scheme": scheme, "path": "/ws",
+                      "raw_path": b"/ws", "root_path": "", "query_string": b"", "headers": headers,
+                      "subprotocols": []}
+        self.app = app
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.messages: list[dict[str, Any]] = []
+
+    async def __aenter__(self) -> Self:
+        async def send(message: dict[str, Any]) -> None:
+            self.messages.append(message)
+            await self.sent.put(message)
+        self.task = asyncio.ensure_future(self.app(self.scope, self.incoming.get, send))
+        await self.incoming.put({"type": "websocket.connect"})
+        accepted = await self.next_message()
+        if accepted["type"] != "websocket.accept":
+            raise AssertionError(f"not accepted: {accepted!r}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.task.done():
+            await self.close()
+
+    async def next_message(self) -> dict[str, Any]:
+        getting = asyncio.ensure_future(self.sent.get())
+        done, _ = await asyncio.wait({getting, self.task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if getting in done:
+            return getting.result()
+        getting.cancel()
+        if self.task.done():
+            self.task.result()   # the app's error, if it raised
+            raise AssertionError("the app ended without replying")
+        raise AssertionError("no reply within 30 s")
+
+    async def say(self, text: str) -> str:
+        await self.incoming.put({"type": "websocket.receive", "text": text})
+        return str((await self.next_message())["text"])
+
+    async def close(self) -> None:
+        await self.incoming.put({"type": "websocket.disconnect", "code": 1000})
+        await asyncio.wait_for(self.task, 30)
+
+
+def apply_command(session: Session, text: str) -> Any:
+    """A websocket's messages: "get k", "set k v" (v as JSON), "del k", "regenerate", "destroy"."""
+    command, _, rest = text.partition(" ")
+    if command == "get":
+        return json.dumps(session.get(rest))
+    if command == "set":
+        key, _, value = rest.partition(" ")
+        session[key] = json.loads(value)
+        return "ok"
+    if command == "del":
+        del session[rest]
+        return "ok"
+    getattr(session, command)()
+    return "ok"
+
+
+async def saving(session: Session, text: str) -> Any:
+    if text == "save":
+        await session.asave()
+        return "saved"
+    return apply_command(session, text)
+
+
+class TestWebSockets(unittest.IsolatedAsyncioTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock(time.time())
+        self.store = RecordingStore(MemoryStore(now=self.clock))
+        self.app = asgi(http_and_websocket_app(saving), store=self.store, now=self.clock)
+
+    async def logged_in(self) -> tuple[str, str]:
+        """Log in over HTTP: (cookie header, sid)."""
+        client = ASGIClient(asgi(asgi_text_app(lambda s, e: s.update(user="alice", views=1)),
+                                 store=self.store, now=self.clock))
+        await client.arequest()
+        return jar_header(client), sid_of_jar(client)
+
+    async def test_the_handshake_cookie_loads_the_session_and_the_reply_sets_no_cookie(self) -> None:
+        cookie, _ = await self.logged_in()
+        self.store.calls.clear()
+        async with WebSocket(self.app, cookie) as socket:
+            self.assertEqual(await socket.say("get user"), '"alice"')
+        self.assertEqual(socket.messages[0], {"type": "websocket.accept"})   # passed on untouched
+        self.assertEqual(self.store.kinds(), ["get"])   # no touch, no save: nothing changed
+
+    async def test_changes_are_saved_key_by_key_when_the_handler_returns(self) -> None:
+        cookie, sid = await self.logged_in()
+        stored_cookie = self.store.inner.get(sid)["cookie"]
+        self.clock.advance(60_000)
+        self.store.calls.clear()
+        async with WebSocket(self.app, cookie) as socket:
+            await socket.say("set typing true")
+            await socket.say("del views")
+            self.assertNotIn("typing", self.store.inner.get(sid))   # not yet
+        stored = self.store.inner.get(sid)
+        self.assertEqual((stored["typing"], "views" in stored, stored["user"]), (True, False, "alice"))
+        self.assertEqual(stored["cookie"], stored_cookie)   # expiry and cookie as they were
+        self.assertEqual(self.store.kinds(), ["get", "update"])
+
+    async def test_asave_saves_before_the_websocket_closes(self) -> None:
+        cookie, sid = await self.logged_in()
+        async with WebSocket(self.app, cookie) as socket:
+            await socket.say("set step 1")
+            self.assertEqual(await socket.say("save"), "saved")
+            self.assertEqual(self.store.inner.get(sid)["step"], 1)
+            await socket.say("set step 2")
+        self.assertEqual(self.store.inner.get(sid)["step"], 2)
+
+    async def test_a_websocket_without_a_stored_session_stores_nothing(self) -> None:
+        for cookie in (None, "connect.sid=" + urllib.parse.quote("s:" + sign("unknown", SECRET))):
+            self.store.calls.clear()
+            async with WebSocket(self.app, cookie) as socket:
+                self.assertEqual(await socket.say("get user"), "null")
+                await socket.say('set user "mallory"')
+                self.assertEqual(await socket.say("save"), "saved")
+            self.assertEqual(self.store.kinds(), [] if cookie is None else ["get"])
+            self.assertEqual(self.store.inner.length(), 0)
+
+    async def test_a_websocket_cannot_regenerate_or_destroy(self) -> None:
+        cookie, sid = await self.logged_in()
+        for method in ("regenerate", "destroy"):
+            with self.subTest(method=method):
+                socket = WebSocket(self.app, cookie)
+                await socket.__aenter__()
+                await socket.incoming.put({"type": "websocket.receive", "text": method})
+                with self.assertRaisesRegex(RuntimeError, rf"session.{method}\(\) is not possible on a websocket"):
+                    await asyncio.wait_for(socket.task, 30)
+        self.assertEqual(self.store.inner.get(sid)["user"], "alice")
+
+    async def test_an_exception_in_the_handler_drops_its_changes(self) -> None:
+        cookie, sid = await self.logged_in()
+
+        def failing(session: Session, text: str) -> Any:
+            session["half"] = "made"
+            raise ValueError("handler failed")
+        app = asgi(http_and_websocket_app(failing), store=self.store, now=self.clock)
+        socket = WebSocket(app, cookie)
+        await socket.__aenter__()
+        await socket.incoming.put({"type": "websocket.receive", "text": "x"})
+        with self.assertRaisesRegex(ValueError, "handler failed"):
+            await asyncio.wait_for(socket.task, 30)
+        self.assertNotIn("half", self.store.inner.get(sid))
+
+    async def test_a_store_without_update_cannot_save_a_websockets_changes(self) -> None:
+        store = RecordingStore(MemoryStore(now=self.clock), update=False)
+        client = ASGIClient(asgi(asgi_text_app(counter), store=store, now=self.clock))
+        await client.arequest()
+        app = asgi(http_and_websocket_app(saving), store=store, now=self.clock)
+        socket = WebSocket(app, jar_header(client))
+        await socket.__aenter__()
+        await socket.say("set typing true")
+        await socket.incoming.put({"type": "websocket.disconnect", "code": 1000})
+        with self.assertRaisesRegex(TypeError, r"a websocket saves its changes key by key with the store's "
+                                               r"update\(\) .* RecordingStore has neither, so its changes to 'typing'"):
+            await asyncio.wait_for(socket.task, 30)
+
+    async def test_wss_is_secure_and_get_session_reads_a_websocket(self) -> None:
+        class Request:   # what Starlette's WebSocket carries
+            def __init__(self, scope: dict[str, Any]) -> None:
+                self.scope = scope
+        seen: list[Any] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            seen.append((get_session(Request(scope)), bs._scope_is_secure(scope, None)))
+            await receive()
+            await send({"type": "websocket.close"})
+        socket = WebSocket(asgi(app, store=self.store), scheme="wss")
+        socket.task = asyncio.ensure_future(socket.app(socket.scope, socket.incoming.get, socket.sent.put))
+        await socket.incoming.put({"type": "websocket.connect"})
+        await asyncio.wait_for(socket.task, 30)
+        self.assertIsInstance(seen[0][0], Session)
+        self.assertTrue(seen[0][1])
+
+
 class AsyncOnlyStore:
     """A custom store with only the async twins (a dict; it never blocks)."""
 
@@ -2852,6 +3062,35 @@ class TTLRecordingClient:
         return Pipeline()
 
 
+def redis_client(**options: Any) -> Any:
+    import redis
+    return redis.Redis.from_url(RedisServer.url or "", **options)
+
+
+class InterruptedClient:
+    """A real redis-py client whose first transaction is interrupted: between WATCH and EXEC,
+    `interrupt` writes the watched key from another connection, as a parallel request would."""
+
+    def __init__(self, client: Any, interrupt: Callable[[], Any]) -> None:
+        self.client, self.interrupt, self.attempts = client, interrupt, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def pipeline(self) -> Any:
+        pipe = self.client.pipeline()
+        owner = self
+        real_multi = pipe.multi
+
+        def multi() -> Any:
+            owner.attempts += 1
+            if owner.attempts == 1:
+                owner.interrupt()
+            return real_multi()
+        pipe.multi = multi
+        return pipe
+
+
 class RedisTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.redis = RedisServer.client()
@@ -2963,14 +3202,50 @@ class TestRedisStore(RedisTestCase):
         self.assertEqual(store.get("a")["v"], "é")
         self.assertEqual(list(store.all()), ["a"])
 
-    def test_a_value_that_is_not_a_session_is_a_clear_error(self) -> None:
-        self.redis.set(self.prefix + "junk", "<html>")
-        with self.assertRaisesRegex(ValueError, "does not hold a session document"):
-            self.store.get("junk")
-        client = Client(wsgi(text_app(counter), store=self.store))
-        with self.assertRaisesRegex(ValueError, "does not hold a session document"):
-            client.request(cookie="connect.sid=" + urllib.parse.quote("s:" + sign("junk", SECRET)))
-        self.assertEqual(self.redis.get(self.prefix + "junk"), b"<html>")
+    def test_a_value_that_is_not_a_session_is_no_session_and_a_warning(self) -> None:
+        deep = '{"cookie":{"originalMaxAge":1000,"expires":null},"nest":' + "[" * 3000 + "]" * 3000 + "}"
+        for name, value in (("junk", "<html>"), ("deep", deep), ("nan", '{"cookie":{},"v":NaN}'),
+                            ("array", "[1]")):
+            with self.subTest(value=name):
+                self.redis.set(self.prefix + name, value)
+                with self.assertLogs("bunway_session", logging.WARNING) as logs:
+                    self.assertIsNone(self.store.get(name))
+                self.assertIn(f"Redis key '{self.prefix}{name}' does not hold a session document", logs.output[0])
+                client = Client(wsgi(text_app(counter), store=self.store))
+                with self.assertLogs("bunway_session", logging.WARNING):
+                    response = client.request(cookie="connect.sid=" + urllib.parse.quote("s:" + sign(name, SECRET)))
+                self.assertEqual((response.code, response.body), (200, b"1"))
+                self.assertNotEqual(sid_of(response.session_cookie()), name)
+                self.assertEqual(self.redis.get(self.prefix + name), value.encode())   # left alone
+        with self.assertLogs("bunway_session", logging.WARNING):
+            listed = self.store.all()   # the four new sessions; none of the values that are not one
+        self.assertEqual((len(listed), {"junk", "deep", "nan", "array"} & set(listed)), (4, set()))
+
+    def test_an_empty_prefix_is_refused(self) -> None:
+        for store_class in (RedisStore, bs.AsyncRedisStore):
+            with self.subTest(store=store_class.__name__), \
+                    self.assertRaisesRegex(ValueError, "prefix must not be empty: its clear"):
+                store_class(self.redis, prefix="")
+
+    def test_a_transaction_that_meets_another_write_starts_over(self) -> None:
+        self.store.set("a", document_expiring_at(int(self.clock() * 1000) + 60_000, x=1, y=1))
+        interloper = redis_client()
+        self.addCleanup(interloper.close)
+        client = InterruptedClient(self.redis, lambda: interloper.set(
+            self.prefix + "a", json.dumps({**self.store.get("a"), "y": "from elsewhere"}), keepttl=True))
+        store = RedisStore(client, prefix=self.prefix, now=self.clock)
+        self.assertTrue(store.update("a", {"x": 2}, [], document_expiring_at(int(self.clock() * 1000) + 60_000)["cookie"]))
+        self.assertEqual(client.attempts, 2)
+        stored = self.store.get("a")
+        self.assertEqual((stored["x"], stored["y"]), (2, "from elsewhere"))
+
+    def test_an_update_without_a_cookie_keeps_the_ttl(self) -> None:
+        self.store.set("a", document_expiring_at(int(self.clock() * 1000) + 500_000, x=1))
+        cookie_before = self.store.get("a")["cookie"]
+        self.assertTrue(self.store.update("a", {"x": 2}, [], None))
+        self.assertTrue(499_000 < self.redis.pttl(self.prefix + "a") <= 500_000)
+        self.assertEqual(self.store.get("a")["cookie"], cookie_before)
+        self.assertFalse(self.store.update("gone", {"x": 2}, [], None))
 
     def test_two_app_servers_share_sessions(self) -> None:
         import redis
@@ -3004,6 +3279,145 @@ class TestRedisStore(RedisTestCase):
     def test_client_is_required(self) -> None:
         with self.assertRaisesRegex(TypeError, "RedisStore needs a client"):
             RedisStore(None)
+
+
+class AsyncRedisTestCase(unittest.IsolatedAsyncioTestCase):
+    """AsyncRedisStore on a redis.asyncio client of the private redis-server (one a test: a
+    client belongs to its event loop)."""
+
+    async def asyncSetUp(self) -> None:
+        RedisServer.client().close()   # starts the server, or skips
+        import redis.asyncio
+        self.aredis = redis.asyncio.Redis.from_url(RedisServer.url or "")
+        self.prefix = f"atest:{self.id().rsplit('.', 1)[-1]}:"
+        self.clock = Clock(time.time())
+        self.store = bs.AsyncRedisStore(self.aredis, prefix=self.prefix, now=self.clock)
+
+    async def asyncTearDown(self) -> None:
+        keys = [key async for key in self.aredis.scan_iter(match=self.prefix + "*")]
+        if keys:
+            await self.aredis.delete(*keys)
+        await (getattr(self.aredis, "aclose", None) or self.aredis.close)()
+
+
+class TestAsyncRedisStore(AsyncRedisTestCase):
+    async def test_the_same_keys_values_and_ttls_as_redis_store(self) -> None:
+        sync = RedisStore(redis_client(), prefix=self.prefix + "sync:", now=self.clock)
+        self.addCleanup(sync.client.close)
+        document = document_expiring_at(int(self.clock() * 1000) + 3_600_500, views=3, user={"name": "Zoë"})
+        await self.store.aset("a", document)
+        sync.set("a", document)
+        self.assertEqual(await self.aredis.get(self.prefix + "a"), sync.client.get(self.prefix + "sync:a"))
+        self.assertEqual(await self.aredis.get(self.prefix + "a"), bs._dumps(document).encode())
+        self.assertTrue(3_600_000 < await self.aredis.pttl(self.prefix + "a") <= 3_601_000)   # 3601 s
+        self.assertEqual(await self.store.aget("a"), document)
+        self.assertIsNone(await self.store.aget("missing"))
+
+    async def test_reads_and_continues_a_session_written_by_connect_redis(self) -> None:
+        await self.aredis.set(self.prefix + NODE_REDIS_SID, NODE_REDIS_VALUE, ex=3601)
+        clock = Clock(NODE_REDIS_WRITTEN)
+        store = bs.AsyncRedisStore(self.aredis, prefix=self.prefix, now=clock)
+        client = ASGIClient(asgi(asgi_text_app(counter), store=store, now=clock, resave=False))
+        client.cookies["connect.sid"] = NODE_REDIS_SET_COOKIE.split(";")[0].split("=", 1)[1]
+        response = await client.arequest()
+        self.assertEqual(response.body, b"4")
+        self.assertEqual(response.session_cookie(), NODE_REDIS_SET_COOKIE)
+        self.assertEqual(json.loads(await self.aredis.get(self.prefix + NODE_REDIS_SID))["views"], 4)
+
+    async def test_atouch_extends_the_ttl_and_never_writes_data(self) -> None:
+        now = int(self.clock() * 1000)
+        await self.store.aset("a", document_expiring_at(now + 10_000, v="current"))
+        self.assertTrue(await self.store.atouch("a", document_expiring_at(now + 500_000, v="stale copy")))
+        self.assertEqual(json.loads(await self.aredis.get(self.prefix + "a"))["v"], "current")
+        self.assertTrue(499_000 < await self.aredis.pttl(self.prefix + "a") <= 500_000)
+        self.assertFalse(await self.store.atouch("missing", document_expiring_at(now + 500_000)))
+        self.assertFalse(await self.store.atouch("a", document_expiring_at(now)))   # expired: deleted
+        self.assertIsNone(await self.aredis.get(self.prefix + "a"))
+
+    async def test_aupdate_applies_keys_and_starts_over_when_another_write_meets_it(self) -> None:
+        now = int(self.clock() * 1000)
+        await self.store.aset("a", document_expiring_at(now + 60_000, x=1, y=1, z=1))
+        interloper = redis_client()
+        self.addCleanup(interloper.close)
+
+        class Interrupted:   # the first transaction meets a write from another connection
+            attempts = 0
+
+            def __init__(self, client: Any) -> None:
+                self.client = client
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.client, name)
+
+            def pipeline(self) -> Any:
+                pipe = self.client.pipeline()
+                real_multi = pipe.multi
+                owner = self
+
+                def multi() -> Any:
+                    owner.attempts += 1
+                    if owner.attempts == 1:
+                        current = json.loads(interloper.get(f"{prefix}a"))
+                        interloper.set(f"{prefix}a", json.dumps({**current, "y": "from elsewhere"}), keepttl=True)
+                    return real_multi()
+                pipe.multi = multi
+                return pipe
+        prefix = self.prefix
+        client = Interrupted(self.aredis)
+        store = bs.AsyncRedisStore(client, prefix=self.prefix, now=self.clock)
+        cookie = document_expiring_at(now + 90_000)["cookie"]
+        self.assertTrue(await store.aupdate("a", {"x": 2}, ["z"], cookie))
+        self.assertEqual(client.attempts, 2)
+        stored = await self.store.aget("a")
+        assert stored is not None
+        self.assertEqual({k: v for k, v in stored.items() if k != "cookie"}, {"x": 2, "y": "from elsewhere"})
+        self.assertEqual(stored["cookie"], cookie)
+        self.assertFalse(await self.store.aupdate("missing", {"x": 2}, [], cookie))
+        self.assertTrue(await self.store.aupdate("a", {"w": 1}, [], None))   # a websocket's save
+        self.assertTrue(89_000 < await self.aredis.pttl(self.prefix + "a") <= 90_000)   # TTL kept
+
+    async def test_all_length_clear_scan_the_prefix_and_leave_other_keys_alone(self) -> None:
+        store = bs.AsyncRedisStore(self.aredis, prefix=self.prefix + "[x]*", now=self.clock)
+        now = int(self.clock() * 1000)
+        for i in range(150):
+            await store.aset(f"s{i}", document_expiring_at(now + 60_000, i=i))
+        await self.aredis.set(store.prefix + "other", "not a session")   # under the prefix: listed, skipped
+        await self.aredis.set(self.prefix + "x-not-ours", "not a session")
+        self.assertEqual(await store.length(), 151)
+        with self.assertLogs("bunway_session", logging.WARNING):
+            everything = await store.all()
+        self.assertEqual((len(everything), everything["s7"]["i"]), (150, 7))
+        await store.adestroy("s7")
+        await store.adestroy("never existed")
+        await store.clear()
+        self.assertEqual(await store.length(), 0)
+        self.assertEqual(await self.aredis.get(self.prefix + "x-not-ours"), b"not a session")
+
+    async def test_a_value_that_is_not_a_session_is_no_session(self) -> None:
+        await self.aredis.set(self.prefix + "junk", "[" * 3000 + "]" * 3000)
+        with self.assertLogs("bunway_session", logging.WARNING) as logs:
+            response = await ASGIClient(asgi(asgi_text_app(counter), store=self.store)).arequest(
+                cookie="connect.sid=" + urllib.parse.quote("s:" + sign("junk", SECRET)))
+        self.assertIn("does not hold a session document", logs.output[0])
+        self.assertEqual((response.code, response.body), (200, b"1"))
+        self.assertEqual(await self.aredis.get(self.prefix + "junk"), ("[" * 3000 + "]" * 3000).encode())
+
+    async def test_a_stopped_redis_fails_the_request_instead_of_starting_an_empty_session(self) -> None:
+        import redis
+        import redis.asyncio
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        down = redis.asyncio.Redis(unix_socket_path=os.path.join(folder, "nobody-listens.sock"),
+                                   socket_connect_timeout=2, retry=Retry(NoBackoff(), 0))
+        app = asgi(asgi_text_app(counter), store=bs.AsyncRedisStore(down, prefix=self.prefix))
+        send = RecordingSend()
+        with self.assertRaises(redis.ConnectionError):
+            await app(http_scope(headers={"Cookie": "connect.sid=" + urllib.parse.quote("s:" + sign("someone", SECRET))}),
+                      no_body, send)
+        self.assertEqual(send.messages, [])
+        await (getattr(down, "aclose", None) or down.close)()
 
 
 # ---------------------------------------------------------------------------
@@ -3278,6 +3692,158 @@ class TestConcurrencyRedisStore(ConcurrencyContract, RedisTestCase):
         other = redis.Redis.from_url(RedisServer.url or "")
         self.addCleanup(other.close)
         return RedisStore(other, prefix=self.prefix)
+
+
+class PausedASGIRequest:
+    """Request A on the event loop: its session is loaded, then it awaits go() before its
+    handler acts, so the test can run request B in between, in a known order."""
+
+    def __init__(self, app: ASGISessionMiddleware, cookie: str, act: Callable[[Session], Any]) -> None:
+        self.loaded, self.released = asyncio.Event(), asyncio.Event()
+
+        async def handler(session: Session, scope: dict[str, Any]) -> Any:
+            self.loaded.set()
+            await asyncio.wait_for(self.released.wait(), 30)
+            return act(session)
+        wrapped = ASGISessionMiddleware(asgi_text_app(handler), **asgi_options(app))
+        self.task = asyncio.ensure_future(ASGIClient(wrapped).arequest(cookie=cookie))
+
+    async def __aenter__(self) -> Self:
+        await asyncio.wait_for(self.loaded.wait(), 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.released.set()
+        if not self.task.done():
+            self.task.cancel()
+
+    async def finish(self) -> Response:
+        self.released.set()
+        return await asyncio.wait_for(self.task, 30)
+
+
+def asgi_options(app: ASGISessionMiddleware) -> dict[str, Any]:
+    return {"secret": SECRET, "store": app.store, "resave": app.resave, "rolling": app.rolling,
+            "save_uninitialized": app.save_uninitialized}
+
+
+class AsyncConcurrencyContract:
+    """Section 8's guarantees for requests interleaved on one event loop (and websockets),
+    run against each store (subclasses say which)."""
+
+    def make_store(self) -> Any:
+        raise NotImplementedError
+
+    async def stored(self, sid: str) -> dict[str, Any] | None:
+        store = self.store
+        return await store.aget(sid) if hasattr(store, "aget") else store.get(sid)  # type: ignore[no-any-return]
+
+    async def started(self, **options: Any) -> tuple[ASGISessionMiddleware, str, str]:
+        options.setdefault("resave", False)
+        app = asgi(asgi_text_app(counter), store=self.store, **options)
+        client = ASGIClient(app)
+        await client.arequest()
+        return app, jar_header(client), sid_of_jar(client)
+
+    async def request_b(self, app: ASGISessionMiddleware, cookie: str, handler: Callable[..., Any]) -> Response:
+        return await ASGIClient(ASGISessionMiddleware(asgi_text_app(handler), **asgi_options(app))).arequest(
+            cookie=cookie)
+
+    async def test_logout_is_final_on_one_loop(self) -> None:
+        for resave, act in ((False, set_key("x", "from A")), (True, read_only), (False, read_only)):
+            app, cookie, sid = await self.started(rolling=True, resave=resave)
+            async with PausedASGIRequest(app, cookie, act) as a:
+                await self.request_b(app, cookie, lambda s, e: destroy(s))
+                response = await a.finish()
+            self.assertIsNone(await self.stored(sid)) 
+            self.assertIsNone(response.session_cookie()) 
+
+    async def test_a_regenerated_away_session_stays_gone_on_one_loop(self) -> None:
+        app, cookie, sid = await self.started()
+        async with PausedASGIRequest(app, cookie, set_key("cart", ["book"])) as a:
+            new_sid = (await self.request_b(app, cookie, lambda s, e: regenerate(s))).body.decode()
+            await a.finish()
+        self.assertIsNone(await self.stored(sid)) 
+        self.assertEqual((await self.stored(new_sid) or {}).get("user"), "alice") 
+
+    async def test_touch_never_writes_stale_data_on_one_loop(self) -> None:
+        for resave in (False, True):
+            app, cookie, sid = await self.started(resave=resave)
+            async with PausedASGIRequest(app, cookie, read_only) as a:
+                await self.request_b(app, cookie, lambda s, e: s.update(y=2))
+                self.assertEqual((await a.finish()).body, b"1") 
+            stored = await self.stored(sid) or {}
+            self.assertEqual((stored["views"], stored["y"]), (1, 2)) 
+
+    async def test_different_keys_do_not_collide_on_one_loop(self) -> None:
+        app, cookie, sid = await self.started()
+        async with PausedASGIRequest(app, cookie, lambda s: s.update(x="from A", seen=s.get("views"))) as a:
+            await self.request_b(app, cookie, lambda s, e: s.update(y="from B", views=5))
+            await a.finish()
+        stored = await self.stored(sid) or {}
+        # A only read views: B's views stays. Each keeps its own key.
+        self.assertEqual((stored["x"], stored["y"], stored["views"], stored["seen"]),
+                         ("from A", "from B", 5, 1))
+
+    async def test_deleting_a_key_and_the_same_key_on_one_loop(self) -> None:
+        app, cookie, sid = await self.started()
+        async with PausedASGIRequest(app, cookie, lambda s: s.pop("views")) as a:
+            await self.request_b(app, cookie, lambda s, e: s.update(y="from B"))
+            await a.finish()
+        stored = await self.stored(sid) or {}
+        self.assertEqual(("views" in stored, stored.get("y")), (False, "from B")) 
+        async with PausedASGIRequest(app, cookie, set_key("y", "from A")) as a:
+            await self.request_b(app, cookie, lambda s, e: s.update(y="from B again"))
+            await a.finish()
+        self.assertEqual((await self.stored(sid) or {})["y"], "from A") 
+
+    async def test_a_websocket_that_closes_after_logout_does_not_bring_it_back(self) -> None:
+        app, cookie, sid = await self.started()
+        sockets = asgi(http_and_websocket_app(saving), **asgi_options(app))
+        async with WebSocket(sockets, cookie) as socket:
+            self.assertEqual(await socket.say("get views"), "1")
+            await socket.say("set typing true")
+            await self.request_b(app, cookie, lambda s, e: destroy(s))   # logout over HTTP meanwhile
+        self.assertIsNone(await self.stored(sid)) 
+
+    async def test_a_websocket_keeps_what_http_did_meanwhile(self) -> None:
+        app, cookie, sid = await self.started()
+        sockets = asgi(http_and_websocket_app(saving), **asgi_options(app))
+        async with WebSocket(sockets, cookie) as socket:
+            await socket.say("set typing true")
+            await socket.say("set views 100")   # an old copy's key, changed here too
+            await self.request_b(app, cookie, lambda s, e: s.update(cart=["book"], views=2))
+            after_http = await self.stored(sid) or {}
+        stored = await self.stored(sid) or {}
+        self.assertEqual((stored["typing"], stored["cart"], stored["views"]), (True, ["book"], 100))
+        self.assertEqual(stored["cookie"], after_http["cookie"])   # the expiry HTTP set stays
+
+
+class TestOneLoopMemoryStore(AsyncConcurrencyContract, unittest.IsolatedAsyncioTestCase):
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+
+
+class TestOneLoopFileStore(AsyncConcurrencyContract, unittest.IsolatedAsyncioTestCase):
+    def setUp(self) -> None:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.store = FileStore(folder)
+
+
+class TestOneLoopRedisStore(AsyncConcurrencyContract, unittest.IsolatedAsyncioTestCase):
+    """The sync RedisStore, its calls on worker threads."""
+
+    def setUp(self) -> None:
+        client = RedisServer.client()
+        self.addCleanup(client.close)
+        prefix = f"loop:{self.id().rsplit('.', 1)[-1]}:"
+        self.addCleanup(lambda: [client.delete(key) for key in client.scan_iter(match=prefix + "*")])
+        self.store = RedisStore(client, prefix=prefix)
+
+
+class TestOneLoopAsyncRedisStore(AsyncConcurrencyContract, AsyncRedisTestCase):
+    pass
 
 
 class TestCustomStoreFallback(unittest.TestCase):
