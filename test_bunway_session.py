@@ -2315,6 +2315,160 @@ class TestWebSockets(unittest.IsolatedAsyncioTestCase):
         self.assertTrue(seen[0][1])
 
 
+class WebSocketClient:
+    """A minimal RFC 6455 client on a plain socket: the upgrade handshake (with a Cookie), then
+    masked text frames out and unmasked frames in. Enough to talk to a real server in a test."""
+
+    GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    def __init__(self, url: str, path: str, cookie: str | None) -> None:
+        import base64
+        import hashlib
+        host, port = url.split("//", 1)[1].split(":")
+        self.socket = socket.create_connection((host, int(port)), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket", "Connection: Upgrade",
+                 f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"] + ([f"Cookie: {cookie}"] if cookie else [])
+        self.socket.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self.read_some()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status, *lines = head.decode("latin-1").split("\r\n")
+        self.headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode()).digest()).decode()
+        if not status.startswith("HTTP/1.1 101") or self.headers.get("sec-websocket-accept") != accept:
+            raise AssertionError(f"no websocket upgrade: {head!r}")
+
+    def read_some(self) -> bytes:
+        chunk = self.socket.recv(65536)
+        if not chunk:
+            raise AssertionError("the server closed the connection")
+        return chunk
+
+    def read_exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            self.buffer += self.read_some()
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        length = len(payload)
+        header = bytes([0x80 | opcode])
+        if length < 126:
+            header += bytes([0x80 | length])
+        elif length < 65536:
+            header += bytes([0x80 | 126]) + length.to_bytes(2, "big")
+        else:
+            header += bytes([0x80 | 127]) + length.to_bytes(8, "big")
+        self.socket.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def send_text(self, text: str) -> None:
+        self.send_frame(0x1, text.encode())
+
+    def receive_text(self) -> str:
+        first, second = self.read_exactly(2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(self.read_exactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(self.read_exactly(8), "big")
+        payload = self.read_exactly(length)
+        if first & 0x0F != 0x1:
+            raise AssertionError(f"expected a text frame, got opcode {first & 0x0F}")
+        return payload.decode()
+
+    def close(self) -> None:
+        """Send a close frame, wait for the server's, and close the socket."""
+        try:
+            self.send_frame(0x8, (1000).to_bytes(2, "big"))
+            while True:
+                first, second = self.read_exactly(2)
+                length = second & 0x7F
+                self.read_exactly(length)
+                if first & 0x0F == 0x8:
+                    break
+        finally:
+            self.socket.close()
+
+
+def starlette_websocket_app(store: Any) -> Any:
+    """Starlette: HTTP login and logout, and a websocket that greets the user and keeps what
+    it is told in the session."""
+    applications = optional("starlette.applications")
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route, WebSocketRoute
+
+    async def login(request: Any) -> Any:
+        request.session.regenerate()
+        request.session["user"] = "alice"
+        return PlainTextResponse("logged in")
+
+    async def logout(request: Any) -> Any:
+        request.session.destroy()
+        return PlainTextResponse("bye")
+
+    async def value(request: Any) -> Any:
+        return PlainTextResponse(json.dumps(request.session.get(request.path_params["key"])))
+
+    async def chat(websocket: Any) -> None:
+        await websocket.accept()
+        await websocket.send_text(f"hello {websocket.session.get('user')}")
+        async for text in websocket.iter_text():
+            websocket.session["last_message"] = text
+            await websocket.send_text("noted")
+    return applications.Starlette(
+        routes=[Route("/login", login, methods=["POST"]), Route("/logout", logout, methods=["POST"]),
+                Route("/value/{key}", value), WebSocketRoute("/chat", chat)],
+        middleware=[Middleware(ASGISessionMiddleware, secret=SECRET, store=store)])
+
+
+class TestWebSocketEndToEnd(unittest.TestCase):
+    def test_a_websocket_under_uvicorn_reads_the_login_and_saves_when_it_closes(self) -> None:
+        optional("websockets")   # uvicorn's websocket support
+        store = MemoryStore()
+        app = starlette_websocket_app(store)
+        finished: list[threading.Event] = []   # one a websocket, set when the app (and its save) is done
+
+        async def signalling(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "websocket":
+                return await app(scope, receive, send)  # type: ignore[no-any-return]
+            done = threading.Event()
+            finished.append(done)
+            try:
+                await app(scope, receive, send)
+            finally:
+                done.set()
+            return None
+        with UvicornServer(signalling) as live:
+            opener, jar = browser()
+            self.assertEqual(post(opener, live.url + "/login"), (200, "logged in"))
+            cookie = "; ".join(f"{c.name}={c.value}" for c in jar)
+            socket_client = WebSocketClient(live.url, "/chat", cookie)
+            self.assertNotIn("set-cookie", socket_client.headers)   # the handshake sets no cookie
+            self.assertEqual(socket_client.receive_text(), "hello alice")
+            socket_client.send_text("typing")
+            self.assertEqual(socket_client.receive_text(), "noted")
+            socket_client.close()
+            self.assertTrue(finished[0].wait(30), "the websocket's handler did not return")
+            self.assertEqual(fetch(opener, live.url + "/value/last_message"), (200, '"typing"'))
+
+            # A websocket that closes after a logout does not bring the session back.
+            sid = sid_of("x=" + {c.name: c.value for c in jar}["connect.sid"])
+            late = WebSocketClient(live.url, "/chat", cookie)
+            self.assertEqual(late.receive_text(), "hello alice")
+            self.assertEqual(post(opener, live.url + "/logout"), (200, "bye"))
+            late.send_text("after logout")
+            self.assertEqual(late.receive_text(), "noted")
+            late.close()
+            self.assertTrue(finished[1].wait(30), "the websocket's handler did not return")
+            self.assertIsNone(store.get(sid))
+            self.assertEqual(store.length(), 0)
+            self.assertEqual(fetch(opener, live.url + "/value/user"), (200, "null"))
+
+
 class AsyncOnlyStore:
     """A custom store with only the async twins (a dict; it never blocks)."""
 
@@ -2801,6 +2955,20 @@ class TestFileStore(unittest.TestCase):
                          ("current", int(self.clock() * 1000), stale["cookie"]["expires"]))
         self.assertFalse(store.touch("missing", stale))
         self.assertEqual(self.files(), [".a.json.lock", "a.json"])  # the session's lock file stays with it
+
+    def test_an_update_without_a_cookie_keeps_the_cookie_and_last_access(self) -> None:
+        store = FileStore(self.folder, ttl=60_000, now=self.clock)   # a websocket's save
+        store.set("a", document_expiring_at(None, x=1))              # a browser-session cookie: ttl decides
+        written = int(self.clock() * 1000)
+        self.clock.advance(30_000)
+        self.assertTrue(store.update("a", {"x": 2}, [], None))
+        with open(os.path.join(self.folder, "a.json"), encoding="utf-8") as file:
+            on_disk = json.load(file)
+        self.assertEqual((on_disk["x"], on_disk["__lastAccess"], on_disk["cookie"]),
+                         (2, written, document_expiring_at(None)["cookie"]))
+        self.clock.advance(30_000)   # 60 s after the last real write: expired, as before the save
+        self.assertIsNone(store.get("a"))
+        self.assertFalse(store.update("a", {"x": 3}, [], None))
 
     def test_touch_within_the_tolerance_does_not_rewrite(self) -> None:
         now = int(self.clock() * 1000)
