@@ -4014,6 +4014,50 @@ class TestOneLoopAsyncRedisStore(AsyncConcurrencyContract, AsyncRedisTestCase):
     pass
 
 
+class AsyncDictStore:
+    """The README's example of a custom async store (sessions in a dict, as an async database
+    client would hold them): the five async twins give it every section 8 guarantee."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.lock = asyncio.Lock()   # held across each read-modify-write, as a transaction would be
+
+    async def aget(self, sid: str) -> dict[str, Any] | None:
+        document = self.sessions.get(sid)
+        return None if document is None else json.loads(json.dumps(document))
+
+    async def aset(self, sid: str, session: dict[str, Any], max_age: int | None = None) -> None:
+        self.sessions[sid] = json.loads(json.dumps(session))
+
+    async def adestroy(self, sid: str) -> None:
+        self.sessions.pop(sid, None)
+
+    async def atouch(self, sid: str, session: dict[str, Any]) -> bool:
+        async with self.lock:
+            if sid not in self.sessions:
+                return False
+            self.sessions[sid]["cookie"] = session["cookie"]   # the expiry only, never the data
+            return True
+
+    async def aupdate(self, sid: str, changes: dict[str, Any], deleted: list[str],
+                      cookie: dict[str, Any] | None, max_age: int | None = None) -> bool:
+        async with self.lock:
+            document = self.sessions.get(sid)
+            if document is None:
+                return False      # destroyed meanwhile: a logout stays final
+            document.update(json.loads(json.dumps(changes)))
+            for key in deleted:
+                document.pop(key, None)
+            if cookie is not None:
+                document["cookie"] = cookie
+            return True
+
+
+class TestOneLoopAsyncCustomStore(AsyncConcurrencyContract, unittest.IsolatedAsyncioTestCase):
+    def setUp(self) -> None:
+        self.store = AsyncDictStore()
+
+
 class TestCustomStoreFallback(unittest.TestCase):
     """A store with only get/set/destroy keeps express-session's behaviour: whole documents."""
 

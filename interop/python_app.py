@@ -1,4 +1,5 @@
-"""The bunway_session side of the interop check: the same routes as node_app.js.
+"""The bunway_session side of the interop check, as a WSGI app: the same routes as node_app.js.
+python_asgi_app.py serves the same routes under ASGI.
 
 Configured by environment: PORT (0: any free port), SECRET (comma-separated, first signs),
 STORE (file|redis), STORE_PATH, REDIS_SOCKET. Prints "listening <port>" once it serves.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import sys
 from socketserver import ThreadingMixIn
@@ -24,44 +26,58 @@ from bunway_session import (
     get_session,
 )
 
+OPTIONS: dict[str, Any] = {
+    "secret": os.environ.get("SECRET", "interop secret").split(","), "name": "connect.sid",
+    "resave": False, "save_uninitialized": False, "cookie": {"max_age": 86_400_000, "same_site": "lax"},
+}
+
+
+def genid(headers: dict[str, str]) -> str:
+    """A test may ask for a given ID (X-Interop-Id), to compare both sides' cookies for it."""
+    return headers.get("x-interop-id") or secrets.token_urlsafe(24)
+
 
 def me(session: Session) -> dict[str, Any]:
     return {"side": "python", "id": session.id, "user": session.get("user"), "views": session.get("views")}
 
 
-def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    session = get_session(environ)
-    query = {key: values[0] for key, values in parse_qs(environ.get("QUERY_STRING", "")).items()}
-    route = (environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/"))
-    status, body = "200 OK", None
-    if route == ("GET", "/ping"):
-        body = {"ok": True}
-    elif route == ("GET", "/count"):
+def route(session: Session, method: str, path: str, query: dict[str, str]) -> tuple[int, Any]:
+    """Every route but /length: (status, JSON body)."""
+    if (method, path) == ("GET", "/ping"):
+        return 200, {"ok": True}
+    if (method, path) == ("GET", "/count"):
         session["views"] = (session.get("views") or 0) + 1
-        body = me(session)
-    elif route == ("GET", "/whoami"):
-        body = me(session)
-    elif route == ("POST", "/flash"):
-        body = {"count": session.flash(query["type"], query["msg"])}
-    elif route == ("GET", "/flash"):
-        body = {"messages": session.flash(query["type"])}
-    elif route == ("POST", "/login"):
+        return 200, me(session)
+    if (method, path) == ("GET", "/whoami"):
+        return 200, me(session)
+    if (method, path) == ("POST", "/flash"):
+        return 200, {"count": session.flash(query["type"], query["msg"])}
+    if (method, path) == ("GET", "/flash"):
+        return 200, {"messages": session.flash(query["type"])}
+    if (method, path) == ("POST", "/login"):
         session.regenerate()
         session["user"] = query["user"]
-        body = me(session)
-    elif route == ("POST", "/logout"):
+        return 200, me(session)
+    if (method, path) == ("POST", "/logout"):
         session.destroy()
-        body = {"ok": True}
-    elif route == ("POST", "/short"):
+        return 200, {"ok": True}
+    if (method, path) == ("POST", "/short"):
         session.cookie.max_age = int(query["ms"])
         session["views"] = (session.get("views") or 0) + 1
-        body = me(session)
-    elif route == ("GET", "/length"):
-        body = {"length": store.length()}
+        return 200, me(session)
+    return 404, {"error": "not found"}
+
+
+def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    query = {key: values[0] for key, values in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+    if (method, path) == ("GET", "/length"):
+        status, body = 200, {"length": store.length()}
     else:
-        status, body = "404 Not Found", {"error": "not found"}
+        status, body = route(get_session(environ), method, path, query)
     data = json.dumps(body).encode()
-    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    start_response(f"{status} {'OK' if status == 200 else 'Not Found'}",
+                   [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return [data]
 
 
@@ -81,15 +97,10 @@ class QuietHandler(WSGIRequestHandler):
         pass
 
 
-store = make_store()
-wrapped = SessionMiddleware(
-    app, secret=os.environ.get("SECRET", "interop secret").split(","), name="connect.sid",
-    resave=False, save_uninitialized=False, store=store,
-    cookie={"max_age": 86_400_000, "same_site": "lax"},
-    # A test may ask for a given ID, to compare both sides' cookies for it.
-    genid=lambda environ: environ.get("HTTP_X_INTEROP_ID") or __import__("secrets").token_urlsafe(24))
-
 if __name__ == "__main__":
+    store = make_store()
+    wrapped = SessionMiddleware(app, store=store, **OPTIONS, genid=lambda environ: genid(
+        {"x-interop-id": environ.get("HTTP_X_INTEROP_ID", "")}))
     server = make_server("127.0.0.1", int(os.environ["PORT"]), wrapped, server_class=Server,
                          handler_class=QuietHandler)
     signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))

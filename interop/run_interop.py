@@ -3,10 +3,12 @@ side on one secret and one store, and check that they share their users' session
 
 For each store (a temporary folder with session-file-store / FileStore, and a private
 redis-server on a unix socket with connect-redis / RedisStore), it starts the apps (each
-binds a free loopback port and reports it), runs the scenarios, stops everything it
-started, and prints one PASS/FAIL/SKIP line per scenario and a last line
-"N passed, N failed, N skipped". Without redis-server or redis-py the Redis scenarios are
-skipped, or fail under BUNWAY_REQUIRE_ALL=1 (as CI runs it).
+binds a free loopback port and reports it) and runs every scenario twice: with the Python
+WSGI app (python_app.py, wsgiref) and with the Python ASGI app (python_asgi_app.py under
+uvicorn, with AsyncRedisStore on Redis). It stops everything it started, and prints one
+PASS/FAIL/SKIP line per scenario and a last line "N passed, N failed, N skipped". Without
+redis-server or redis-py the Redis scenarios are skipped, and without uvicorn the ASGI
+ones; under BUNWAY_REQUIRE_ALL=1 (as CI runs it) a missing component is a failure.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -128,7 +131,8 @@ def flash_crosses_over(node: Side, python: Side, old_node: Side, store: Any) -> 
     for writer, reader in ((node, python), (python, node)):
         _, set_cookie = writer.call("GET", "/count")
         cookie = pair_of_cookie(set_cookie)
-        body, _ = writer.call("POST", f"/flash?type=info&msg=from+{writer.name}", cookie=cookie)
+        body, _ = writer.call("POST", "/flash?type=info&msg=" + urllib.parse.quote_plus(f"from {writer.name}"),
+                              cookie=cookie)
         assert body["count"] == 1, body
         body, _ = reader.call("POST", "/flash?type=info&msg=second", cookie=cookie)
         assert body["count"] == 2, body
@@ -267,20 +271,34 @@ def redis_store() -> Iterator[dict[str, str] | str]:
         shutil.rmtree(folder, True)
 
 
-def start_sides(store: dict[str, str]) -> list[Side]:
+PYTHON_APPS = {"wsgi": "python_app.py", "asgi": "python_asgi_app.py"}
+
+
+def start_sides(store: dict[str, str], python_app: str) -> list[Side]:
+    """node, python (WSGI or ASGI), and node signing with the old secret."""
     env = {key[4:]: value for key, value in store.items() if key.startswith("env_")}
     node_cmd = ["node", os.path.join(HERE, "node_app.js")]
-    python_cmd = [sys.executable, os.path.join(HERE, "python_app.py")]
+    python_cmd = [sys.executable, os.path.join(HERE, PYTHON_APPS[python_app])]
     sides: list[Side] = []
     try:
         sides.append(Side("node", node_cmd, {**env, "SECRET": SECRETS}))
-        sides.append(Side("python", python_cmd, {**env, "SECRET": SECRETS}))
+        sides.append(Side(f"python ({python_app})", python_cmd, {**env, "SECRET": SECRETS}))
         sides.append(Side("node (old secret)", node_cmd, {**env, "SECRET": "old secret"}))
     except BaseException:
         for side in sides:
             side.stop()
         raise
     return sides
+
+
+def missing(python_app: str) -> str | None:
+    """Why the Python app cannot run here, or None."""
+    if python_app == "asgi":
+        try:
+            import uvicorn  # noqa: F401
+        except ImportError:
+            return "uvicorn is not installed"
+    return None
 
 
 def main() -> int:
@@ -290,34 +308,37 @@ def main() -> int:
           + ", ".join(f"{name} {version_of(name)}" for name in
                       ("express", "express-session", "session-file-store", "connect-redis", "redis",
                        "connect-flash", "cookie-signature")))
-    for make in (file_store, redis_store):
-        with make() as store:
-            if isinstance(store, str):
-                if REQUIRE_ALL:
-                    print(f"FAIL redis: {store}, and BUNWAY_REQUIRE_ALL=1")
-                    failed += 1
-                else:
-                    print(f"SKIP redis: {store} (install it to run the Redis scenarios)")
-                    skipped += len(SCENARIOS) - 1
-                continue
-            sides = start_sides(store)
-            try:
-                for scenario in SCENARIOS:
-                    name = f"{store['kind']}: {scenario.__name__.replace('_', ' ')}"
-                    try:
-                        scenario(*sides, store)
-                    except Skip:
-                        continue
-                    except Exception:  # noqa: BLE001 - reported as a failed scenario
+    for make, kind in ((file_store, "file"), (redis_store, "redis")):
+        for python_app in PYTHON_APPS:
+            with make() as store:
+                why_not = store if isinstance(store, str) else missing(python_app)
+                if why_not:
+                    if REQUIRE_ALL:
+                        print(f"FAIL {kind} ({python_app}): {why_not}, and BUNWAY_REQUIRE_ALL=1")
                         failed += 1
-                        print(f"FAIL {name}\n" + "".join("     " + line for line in
-                                                         traceback.format_exc().splitlines(True)[-6:]))
                     else:
-                        passed += 1
-                        print(f"PASS {name}")
-            finally:
-                for side in sides:
-                    side.stop()
+                        print(f"SKIP {kind} ({python_app}): {why_not} (install it to run these scenarios)")
+                        skipped += len(SCENARIOS) - (kind != "file")
+                    continue
+                assert not isinstance(store, str)
+                sides = start_sides(store, python_app)
+                try:
+                    for scenario in SCENARIOS:
+                        name = f"{kind} ({python_app}): {scenario.__name__.replace('_', ' ')}"
+                        try:
+                            scenario(*sides, store)
+                        except Skip:
+                            continue
+                        except Exception:  # noqa: BLE001 - reported as a failed scenario
+                            failed += 1
+                            print(f"FAIL {name}\n" + "".join("     " + line for line in
+                                                             traceback.format_exc().splitlines(True)[-6:]))
+                        else:
+                            passed += 1
+                            print(f"PASS {name}")
+                finally:
+                    for side in sides:
+                        side.stop()
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
 

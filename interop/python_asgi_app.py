@@ -1,0 +1,66 @@
+"""The bunway_session side of the interop check as an ASGI app under uvicorn: the routes of
+python_app.py, with AsyncRedisStore on Redis and FileStore on files.
+
+Configured as python_app.py is. Prints "listening <port>" once it serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from typing import Any
+from urllib.parse import parse_qs
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from python_app import OPTIONS, genid, route
+
+from bunway_session import (
+    ASGISessionMiddleware,
+    AsyncRedisStore,
+    FileStore,
+    get_session,
+)
+
+
+def make_store() -> Any:
+    if os.environ.get("STORE") == "redis":
+        import redis.asyncio
+        return AsyncRedisStore(redis.asyncio.Redis(unix_socket_path=os.environ["REDIS_SOCKET"]), prefix="sess:")
+    return FileStore(os.environ["STORE_PATH"])
+
+
+store = make_store()
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    query = {key: values[0] for key, values in parse_qs(scope["query_string"].decode()).items()}
+    method, path = scope["method"], scope["path"]
+    if (method, path) == ("GET", "/length"):
+        length = store.length()
+        status, body = 200, {"length": await length if isinstance(store, AsyncRedisStore) else length}
+    else:
+        status, body = route(get_session(scope), method, path, query)
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def scope_headers(scope: dict[str, Any]) -> dict[str, str]:
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+wrapped = ASGISessionMiddleware(app, store=store, **OPTIONS, genid=lambda scope: genid(scope_headers(scope)))
+
+if __name__ == "__main__":
+    import uvicorn
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", int(os.environ["PORT"])))
+    listener.listen()   # connections wait in the backlog until uvicorn accepts them
+    print(f"listening {listener.getsockname()[1]}", flush=True)
+    uvicorn.Server(uvicorn.Config(wrapped, log_level="warning", lifespan="off")).run(sockets=[listener])
