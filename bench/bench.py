@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import hashlib
 import hmac
@@ -25,11 +26,12 @@ import platform
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from email.utils import formatdate
 from typing import Any, ClassVar
 from urllib.parse import quote, unquote
@@ -503,24 +505,59 @@ async def asgi_cookie(app: Any, name: str) -> str:
 ASGI_STORES = ("memory", "file")
 
 
-async def asgi_rows(folder: str) -> tuple[dict[str, dict[str, float]], list[str]]:
+@contextlib.contextmanager
+def private_redis(folder: str) -> Iterator[str | None]:
+    """A redis-server on a unix socket in `folder` (its path), or None without redis-server or redis-py."""
+    binary = shutil.which("redis-server")
+    try:
+        import redis
+    except ImportError:
+        redis = None
+    if binary is None or redis is None:
+        yield None
+        return
+    path = os.path.join(folder, "redis.sock")
+    process = subprocess.Popen([binary, "--port", "0", "--unixsocket", path, "--save", "", "--appendonly", "no",
+                                "--dir", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                redis.Redis(unix_socket_path=path).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield path
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def asgi_rows(folder: str, redis_socket: str | None) -> tuple[dict[str, dict[str, float]], list[str]]:
     """For each workload, the cost (µs over the bare Starlette app) of each contestant."""
     bare = ASGIContestant("bare", starlette_app(None, []))
     contestants: list[ASGIContestant] = [bare]
     kinds: dict[str, Any] = {}
-    for kind in ASGI_STORES:
-        store = bs.MemoryStore() if kind == "memory" else bs.FileStore(os.path.join(folder, "asgi-" + kind))
+    stores: dict[str, Any] = {kind: bs.MemoryStore() if kind == "memory" else
+                              bs.FileStore(os.path.join(folder, "asgi-" + kind)) for kind in ASGI_STORES}
+    if redis_socket is not None:
+        import redis
+        import redis.asyncio
+        stores["redis, thread"] = bs.RedisStore(redis.Redis(unix_socket_path=redis_socket), prefix="bench:")
+        stores["async redis"] = bs.AsyncRedisStore(redis.asyncio.Redis(unix_socket_path=redis_socket),
+                                                   prefix="abench:")
+    for kind, store in stores.items():
         kinds[f"ours ({kind})"] = [Middleware(bs.ASGISessionMiddleware, secret=SECRET, store=store, resave=False)]
     kinds["starlette cookie"] = [Middleware(StarletteCookieSessions, secret_key=SECRET)]
     if starsessions is not None:
         kinds["starsessions"] = [Middleware(starsessions.SessionMiddleware, store=starsessions.InMemoryStore(),
                                             lifetime=DAY_MS // 1000, cookie_https_only=False),
                                  Middleware(starsessions.SessionAutoloadMiddleware)]
-    names = {"ours (memory)": "connect.sid", "ours (file)": "connect.sid", "starlette cookie": "session",
-             "starsessions": "session"}
     for label, middleware in kinds.items():
         w3 = starlette_app(True, middleware)
-        cookie = await asgi_cookie(w3, names[label])
+        cookie = await asgi_cookie(w3, "connect.sid" if label.startswith("ours") else "session")
         contestants += [ASGIContestant(f"{label} W1", starlette_app(True, middleware)),
                         ASGIContestant(f"{label} W2", starlette_app(False, middleware), cookie),
                         ASGIContestant(f"{label} W3", w3, cookie)]
@@ -534,18 +571,24 @@ def report_asgi(folder: str, misses: list[str]) -> None:
     if starlette is None:
         print("\nASGI: Starlette is not installed: no ASGI rows (make bench installs it in .cache/bench)")
         return
-    table, labels = asyncio.run(asgi_rows(folder))
+    with private_redis(folder) as redis_socket:
+        table, labels = asyncio.run(asgi_rows(folder, redis_socket))
+    if "ours (async redis)" not in labels:
+        print("\nASGI: redis-server or redis-py is missing: no Redis rows")
     print(f"\nASGI: a Starlette {starlette.__version__} app in-process, µs per request over the bare app"
           + ("" if starsessions is None else f"; starsessions {starsessions_version()}"))
-    print(f"{'workload':<10}" + "".join(f"{label:>18}" for label in labels)
+    print(f"{'workload':<10}" + "".join(f"{label:>21}" for label in labels)
           + f"{'starlette/ours':>16}" + (f"{'starsessions/ours':>19}" if "starsessions" in labels else ""))
     for workload, costs in table.items():
         ours = costs["ours (memory)"]
-        line = f"{workload:<10}" + "".join(f"{costs[label]:18.1f}" for label in labels)
+        line = f"{workload:<10}" + "".join(f"{costs[label]:21.1f}" for label in labels)
         line += f"{costs['starlette cookie'] / ours:16.2f}"
         if "starsessions" in costs:
             line += f"{costs['starsessions'] / ours:19.2f}"
         print(line)
+        if "ours (async redis)" in costs and workload != "W1" \
+                and costs["ours (async redis)"] >= costs["ours (redis, thread)"]:
+            misses.append(f"ASGI {workload}: AsyncRedisStore not faster than RedisStore on a thread")
         if workload == "W1" and ours > 1.10 * costs["starlette cookie"]:
             misses.append(f"ASGI W1: {ours / costs['starlette cookie']:.2f}x Starlette's cookie middleware (target 1.10)")
         if workload != "W1":
