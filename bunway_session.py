@@ -36,6 +36,7 @@ import math
 import os
 import re
 import secrets as _secrets
+import stat
 import threading
 import time
 from collections.abc import (
@@ -638,6 +639,9 @@ class Session(dict[str, Any]):
             raise RuntimeError(_DESTROYED_MESSAGE)
         if key == "cookie":
             raise KeyError("'cookie' is reserved: use session.cookie for the cookie's settings")
+        if key == "__lastAccess":
+            raise KeyError("'__lastAccess' is reserved: FileStore and Node's session-file-store keep "
+                           "the time of a session's last write under it")
         if key is not None and not isinstance(key, str):
             raise TypeError(f"session keys must be str (JSON object keys), not {type(key).__name__}")
 
@@ -1018,7 +1022,54 @@ _MAX_SID_BYTES = _MAX_NAME_BYTES - len("." + _FILE_SUFFIX + ".") - _TEMP_TOKEN_C
 _PLAIN_SID = re.compile(rf"[A-Za-z0-9_-]{{1,{_MAX_SID_BYTES}}}")
 _UNSAFE_SID = re.compile(r"[\x00-\x1f\x7f/\\:]")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)    # never through a symbolic link
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)    # a FIFO named as a session does not hang the open
 _UTIME_FD = os.utime in os.supports_fd
+_MAX_FILE_BYTES = 1 << 20   # 1 MiB: far above any real session document; more is not read
+
+
+def _read_regular_file(path: str) -> bytes | None:
+    """The bytes of the file at `path` if it is a regular file of at most _MAX_FILE_BYTES,
+    opened without following a symbolic link; None for anything else (no file, a link, a
+    directory, a FIFO, a device, a file too large or that may not be read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size <= _MAX_FILE_BYTES:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _check_folder(path: str, shared_folder: bool) -> None:
+    """Refuse a folder that someone else could write: another user could plant, swap or
+    link session files in it (log in as someone else, or make this process write where a
+    link points). A folder shared on purpose (a group of app users) says so."""
+    if shared_folder or not hasattr(os, "geteuid"):
+        return
+    info = os.stat(path)
+    if info.st_uid != os.geteuid():
+        raise PermissionError(f"FileStore folder {path!r} belongs to another user (uid {info.st_uid}), who could "
+                              "read, replace or link its session files. Use a folder of this user's, or pass "
+                              "shared_folder=True if sharing it is deliberate.")
+    if info.st_mode & 0o022:
+        raise PermissionError(f"FileStore folder {path!r} is writable by its group or by others "
+                              f"(mode {stat.filemode(info.st_mode)}), who could plant or swap session files. "
+                              f"chmod 700 it (a umask of 002 makes folders group-writable), or pass "
+                              "shared_folder=True if sharing it is deliberate.")
 
 
 def _file_sid_problem(sid: Any) -> str | None:
@@ -1053,12 +1104,16 @@ class FileStore:
       on every touch.
     - Expired files and temporary files left by a crashed writer are removed a few at a
       time as sessions are written, in a pass through the folder every `reap_interval`
-      (ms; the first one interval after the store is created), and by reap().
+      (ms; the first one interval after the store is created), and by reap(). Nothing but
+      this store's files is ever deleted (see _deletable).
+    - The folder must be this user's and not writable by others, unless `shared_folder`
+      says the sharing is deliberate. Files are opened without following symbolic links,
+      only regular files are read, and at most _MAX_FILE_BYTES of one.
     """
 
     def __init__(self, path: str | os.PathLike[str] = "./sessions", ttl: int = DAY_MS, *,
-                 fsync: bool = False, touch_after: int | None = None,
-                 reap_interval: int = 3_600_000, now: Clock = time.time) -> None:
+                 fsync: bool = False, touch_after: int | None = None, reap_interval: int = 3_600_000,
+                 shared_folder: bool = False, now: Clock = time.time) -> None:
         self.path = os.fspath(path)
         self.ttl = _check_ttl(ttl)
         self.fsync = bool(fsync)
@@ -1069,12 +1124,14 @@ class FileStore:
         self.reap_interval = _check_ttl(reap_interval, "reap_interval")
         self._now = now
         os.makedirs(self.path, mode=0o700, exist_ok=True)
+        self.shared_folder = _require_bool(shared_folder, "shared_folder")
+        _check_folder(self.path, self.shared_folder)
         self._prefix = os.path.join(self.path, "")
         # flock serialises writers across threads and processes. Where it does not exist
         # (Windows) this lock stands in for it within the process; beside flock it is a no-op.
         self._flock_substitute: Any = _NoLock() if fcntl is not None else threading.RLock()
         self._reap_lock = threading.Lock()
-        self._reap_entries: Iterator[os.DirEntry[str]] | None = None
+        self._reap_entries: Any = None   # an open os.scandir() while a pass is under way
         self._reap_pid = os.getpid()
         # As session-file-store: the first pass one interval after the store starts.
         self._reap_due = _now_ms(now) + self.reap_interval
@@ -1100,6 +1157,9 @@ class FileStore:
         written_ms = now_ms if last_access_ms is None else last_access_ms
         document["__lastAccess"] = written_ms
         data = _dumps(document).encode("utf-8")
+        if len(data) > _MAX_FILE_BYTES:
+            raise ValueError(f"the session stored as {path!r} would be {len(data)} bytes, over FileStore's limit "
+                             f"of {_MAX_FILE_BYTES}; keep large data elsewhere and its key in the session")
         folder, name = os.path.split(path)
         temp = os.path.join(folder, f".{name}.{now_ms:x}-{_secrets.token_hex(4)}{_TEMP_SUFFIX}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
@@ -1124,19 +1184,8 @@ class FileStore:
 
     @staticmethod
     def _read(path: str) -> Document | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | _CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        try:
-            chunks = [os.read(fd, 65536)]
-            while len(chunks[-1]) == 65536:
-                chunks.append(os.read(fd, 65536))
-        except IsADirectoryError:
-            return None
-        finally:
-            os.close(fd)
-        return _loads_document(b"".join(chunks))
+        data = _read_regular_file(path)
+        return None if data is None else _loads_document(data)
 
     def _expired(self, document: Document, now_ms: int) -> bool:
         """cookie.expires decides; a session without one lives `ttl` after its last write.
@@ -1148,9 +1197,9 @@ class FileStore:
         except ValueError:
             return True
         last = document.get("__lastAccess")
-        if isinstance(last, bool) or not isinstance(last, (int, float)):
+        if last.__class__ not in (int, float) or not 0 <= last <= _MAX_EXPIRES_MS:
             if expires is None:
-                return True  # no expiry and no record of its last write
+                return True  # no expiry and no (believable) record of its last write
             last = 0
         return _deadline_ms(expires, last, self.ttl) <= now_ms
 
@@ -1168,7 +1217,7 @@ class FileStore:
         lock_path = self._lock_file(sid)
         with self._flock_substitute:
             for _ in range(1000):
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o600)
+                fd = _open_lock_file(lock_path)
                 try:
                     if not _lock_fd(fd, wait):
                         yield False
@@ -1323,15 +1372,6 @@ class FileStore:
     def length(self) -> int:
         return len(self.all())
 
-    def clear(self) -> None:
-        """Delete every session file of this store (and its temporary and lock files); nothing else."""
-        with os.scandir(self.path) as entries:
-            names = [entry.name for entry in entries]
-        for name in names:
-            if (self._sid_of(name) is not None or self._temp_started_ms(name) is not None
-                    or self._sid_of_lock_file(name)):
-                _unlink_quietly(os.path.join(self.path, name))
-
     @staticmethod
     def _temp_started_ms(name: str) -> int | None:
         """When this store started the temporary file called `name` (by its clock, from the
@@ -1355,30 +1395,82 @@ class FileStore:
         sid = name[1:-len(_FILE_SUFFIX + _LOCK_SUFFIX)]
         return None if _file_sid_problem(sid) else sid
 
+    def clear(self) -> None:
+        """Delete every session of this store (with its lock file) and its stale temporary
+        files; nothing else (see _may_delete)."""
+        self._delete_all(expired_only=False)
+
     def reap(self) -> int:
-        """Delete expired session files and stale temporary files; return how many."""
+        """Delete expired session files, torn ones, orphaned lock files and stale temporary
+        files (see _may_delete); return how many session and temporary files went."""
+        return self._delete_all(expired_only=True)
+
+    def _delete_all(self, expired_only: bool) -> int:
         now_ms = _now_ms(self._now)
         with os.scandir(self.path) as entries:
-            return sum(self._reap_entry(entry, now_ms) for entry in list(entries))
+            names = [entry.name for entry in entries]
+        return sum(self._delete_if_allowed(name, now_ms, expired_only) for name in names)
 
-    def _reap_entry(self, entry: os.DirEntry[str], now_ms: int) -> int:
-        name = entry.name
+    def _verdict(self, sid: str, now_ms: int) -> str:
+        """What the file of session `sid` is: "live", "expired", "absent", "torn" (it does not
+        parse and was last written longer than `ttl` ago: a write torn by a crash), or
+        "foreign": anything else (a folder, a link, a file too large, JSON that is not a
+        session document, a recent file that does not parse)."""
+        path = self._file(sid)
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return "absent"
+        if not stat.S_ISREG(info.st_mode):
+            return "foreign"
+        data = _read_regular_file(path)
+        if data is None:
+            return "foreign"
+        try:
+            document = _loads(data.decode("utf-8"))
+        except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+            return "torn" if info.st_mtime * 1000 + self.ttl <= now_ms else "foreign"
+        if not isinstance(document, dict) or not isinstance(document.get("cookie"), dict):
+            return "foreign"
+        return "expired" if self._expired(document, now_ms) else "live"
+
+    def _may_delete(self, name: str, now_ms: int, expired_only: bool) -> bool:
+        """What reap() (expired_only) and clear() may delete, and nothing else: this store's
+        temporary files once stale; session files (a valid ID's name) that are torn, or
+        expired (reap) or live (clear); lock files whose session is not live (reap) or any
+        (clear). Never another application's JSON, a folder, a link, a file too large."""
         started_ms = self._temp_started_ms(name)
         if started_ms is not None:
-            return _unlink_quietly(entry.path) if started_ms + _STALE_TEMP_MS <= now_ms else 0
-        sid = self._sid_of(name) or self._sid_of_lock_file(name)
-        if sid is None:
+            return started_ms + _STALE_TEMP_MS <= now_ms
+        sid = self._sid_of(name)
+        if sid is not None:
+            verdict = self._verdict(sid, now_ms)
+            return verdict in ("expired", "torn") or (verdict == "live" and not expired_only)
+        sid = self._sid_of_lock_file(name)
+        return sid is not None and (not expired_only or self._verdict(sid, now_ms) != "live")
+
+    def _delete_if_allowed(self, name: str, now_ms: int, expired_only: bool) -> int:
+        """Delete the folder entry `name` if _may_delete says so; an error on it is logged
+        and skipped, so reaping never fails the request it runs in."""
+        try:
+            if not self._may_delete(name, now_ms, expired_only):
+                return 0
+            sid = self._sid_of(name)
+            lock_sid = None if sid is not None else self._sid_of_lock_file(name)
+            if sid is None and lock_sid is None:  # a stale temporary file
+                return _unlink_quietly(self._prefix + name)
+            # Judge again under the session's lock: it may have been rewritten meanwhile. A
+            # reap never waits for it: a writer holding it is not done with the session.
+            with self._locked(sid or str(lock_sid), wait=not expired_only) as held:
+                if not held or not self._may_delete(name, now_ms, expired_only):
+                    return 0
+                if sid is not None:
+                    return self._remove(sid)
+                _unlink_quietly(self._prefix + name)
+                return 0
+        except OSError as error:
+            log.warning("bunway_session: FileStore skipped %r while cleaning its folder: %s", name, error)
             return 0
-        document = self._read(self._file(sid))
-        if document is not None and not self._expired(document, now_ms):
-            return 0
-        # Judge again under the lock: it may have been rewritten meanwhile. Never wait for
-        # it: a writer holding it is not done with the session, and waiting could deadlock.
-        with self._locked(sid, wait=False) as held:
-            document = self._read(self._file(sid)) if held else None
-            if held and (document is None or self._expired(document, now_ms)):
-                return self._remove(sid)
-        return 0
 
     def _reap_step(self, now_ms: int) -> None:
         """Reap a few directory entries per write while a reap is due: amortised, no thread."""
@@ -1399,9 +1491,31 @@ class FileStore:
                     self._reap_entries = None
                     self._reap_due = now_ms + self.reap_interval
                     return
-                self._reap_entry(entry, now_ms)
+                self._delete_if_allowed(entry.name, now_ms, expired_only=True)
+        except Exception:  # a visitor's request is never failed by reaping
+            log.exception("bunway_session: FileStore's reaping failed; it starts over at the next pass")
+            if self._reap_entries is not None:
+                self._reap_entries.close()
+            self._reap_entries = None
+            self._reap_due = now_ms + self.reap_interval
         finally:
             self._reap_lock.release()
+
+
+def _open_lock_file(path: str) -> int:
+    """Open (or make) a lock file, never through a symbolic link and only as a regular file:
+    a planted link must not make this process create or lock a file elsewhere."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _NONBLOCK | _CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OSError(error.errno, f"FileStore lock file {path!r} is a symbolic link; FileStore never "
+                                       "follows one: remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"FileStore lock file {path!r} is not a regular file: remove it")
+    return fd
 
 
 def _lock_fd(fd: int, wait: bool) -> bool:
@@ -1913,13 +2027,15 @@ class _SessionWrapper:
         the secrets), so a returning visitor's next requests skip the decoding and the HMAC.
         """
         raw = _find_cookie(header, self.name) if header else None
-        if not raw:
+        # Browsers keep at most 4096 bytes of a cookie, and decoding only shortens it: a
+        # longer value is refused before any work is spent on it.
+        if not raw or len(raw) > _MAX_COOKIE_CHARS:
             return None, -1, ""
         known = self._verified.get(raw)
         if known is not None:
             return known
         value = _decode_cookie_value(raw)
-        if not value.startswith("s:") or len(value) > _MAX_COOKIE_CHARS:
+        if not value.startswith("s:"):
             return None, -1, ""
         sid, index = _verify(value[2:], self._keys)
         if sid is None:
@@ -2097,11 +2213,14 @@ class _Lifecycle:
         return self.saved_json == data_json and self.saved_id == self.session._id
 
     def should_save(self, data_json: str) -> bool:
-        # An uninitialized new session is stored only once it holds something.
-        if (not self.wrapper.save_uninitialized and self.saved_id is None
-                and not self.is_cookies_session()):
-            return self.is_modified(data_json)
-        return not self.is_saved(data_json)
+        if self.is_cookies_session():
+            return not self.is_saved(data_json)
+        # A new (or regenerated) session: an uninitialized one is stored only once it holds
+        # something, and none is stored when its cookie cannot reach the client (Secure on
+        # plain http): nobody could ever come back to it.
+        if not self.wrapper.save_uninitialized and self.saved_id is None and not self.is_modified(data_json):
+            return False
+        return not self.is_saved(data_json) and self.may_send_cookie(self.session.cookie)
 
     def should_touch(self) -> bool:
         return self.is_cookies_session() and self.wrapper._calls.can_touch

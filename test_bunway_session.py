@@ -920,11 +920,17 @@ class LifecycleRules(EitherWrapper):
         self.assertIsNotNone(response.session_cookie())
         self.assertIn(bs._http_date(int(self.clock() * 1000) + 86_400_000), response.session_cookie())
 
-    def test_secure_cookie_never_sent_over_http_but_session_saved(self) -> None:
-        response = self.client(counter, cookie={"secure": True}).request()
-        self.assertIsNone(response.session_cookie())
+    def test_a_new_session_whose_secure_cookie_cannot_be_sent_is_not_stored(self) -> None:
+        for _ in range(3):   # each would otherwise leave a session nobody can come back to
+            response = self.client(counter, cookie={"secure": True}).request()
+            self.assertEqual((response.body, response.session_cookie()), (b"1", None))
+        self.assertEqual(self.store.calls, [])
+        client = self.client(counter, cookie={"secure": True})
+        self.assertIsNotNone(client.request(https=True).session_cookie())
         self.assertEqual(self.store.kinds(), ["set"])
-        self.assertIsNotNone(self.client(counter, cookie={"secure": True}).request(https=True).session_cookie())
+        # A loaded session is still saved over plain http (its client has the cookie already).
+        self.assertEqual(client.request(cookie=jar_header(client)).body, b"2")
+        self.assertEqual(self.store.kinds(), ["set", "get", "update"])
 
     def test_a_regenerated_id_counts_as_a_change_even_with_the_same_data(self) -> None:
         client = self.client(lambda s, e: s.update(user="alice"))
@@ -2938,7 +2944,8 @@ class TestFileStore(unittest.TestCase):
                 with open(os.path.join(self.folder, name + ".json"), "w", encoding="utf-8",
                           errors="surrogateescape") as file:
                     file.write(content)
-                self.assertIsNone(self.store.get(name))
+                if name != "far_max_age":   # (a session document; its cookie is what is unusable)
+                    self.assertIsNone(self.store.get(name))
                 response = Client(app).request(cookie="connect.sid=" + urllib.parse.quote("s:" + sign(name, SECRET)))
                 self.assertEqual((response.code, response.body), (200, b"1"))
 
@@ -3099,6 +3106,279 @@ class TestFileStore(unittest.TestCase):
         self.assertEqual(exit_code(process, 60), 0)
         self.assertEqual(self.files(), ["victim.json"])
         self.assertEqual(self.store.get("victim")["v"], "old")
+
+
+# ---------------------------------------------------------------------------
+# §10 What the stores trust
+# ---------------------------------------------------------------------------
+
+def node_style_deep_document(levels: int) -> str:
+    """A session document Node reads and writes happily, nested deeper than Python's parser goes."""
+    return ('{"cookie":{"originalMaxAge":86400000,"expires":null,"httpOnly":true,"path":"/"},"tree":'
+            + "[" * levels + "]" * levels + "}")
+
+
+def make_undeletable(test: unittest.TestCase, path: str) -> None:
+    """Make the file at `path` one this process may not delete, until the test's cleanup: the
+    immutable attribute as root (who may delete anything else), a read-only folder otherwise."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        chattr = shutil.which("chattr")
+        if chattr is None or subprocess.run([chattr, "+i", path], capture_output=True, check=False).returncode:
+            unavailable("chattr +i (the immutable attribute) is not available on this file system")
+        test.addCleanup(subprocess.run, [str(chattr), "-i", path], check=False)
+        return
+    folder = os.path.dirname(path)
+    os.chmod(folder, 0o500)
+    test.addCleanup(os.chmod, folder, 0o700)
+
+
+class TestStoreTrust(unittest.TestCase):
+    """What a store reads never becomes an error page, a header, or a deleted file."""
+
+    def setUp(self) -> None:
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.clock = Clock(time.time())
+        self.store = FileStore(self.folder, now=self.clock)
+
+    def write(self, name: str, content: str, age_ms: int = 0) -> str:
+        path = os.path.join(self.folder, name)
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(content)
+        written_ns = int((self.clock() * 1000 - age_ms) * 1_000_000)
+        os.utime(path, ns=(written_ns, written_ns))   # by the store's clock
+        return path
+
+    def files(self) -> list[str]:
+        return sorted(os.listdir(self.folder))
+
+    def test_reap_and_clear_delete_only_this_stores_files(self) -> None:
+        now = int(self.clock() * 1000)
+        day = 86_400_000
+        self.store.set("live", document_expiring_at(now + day, v=1))
+        self.store.set("old", document_expiring_at(now + 1000, v=1))
+        foreign = {"package.json": '{"name": "app", "dependencies": {}}', "tsconfig.json": '{"compilerOptions": {}}',
+                   "data.json": "[1, 2, 3]", "notes.txt": "hello", "config.json.bak": "{}"}
+        for name, content in foreign.items():
+            self.write(name, content, age_ms=10 * day)
+        self.write("broken.json", '{"cookie": {"expires": ', age_ms=2 * day)   # a torn write, two days old
+        self.write("fresh.json", '{"cookie": {"exp', age_ms=60_000)               # torn, but recent: maybe not ours
+        self.write(".gone.json.lock", "")                                           # a lock whose session is gone
+        self.write(f".old.json.{now - 700_000:x}-0123abcd.tmp", "half")            # a crashed writer's, 11 minutes old
+        self.write(f".live.json.{now:x}-0123abcd.tmp", "in flight")                # a writer's, right now
+        os.mkdir(os.path.join(self.folder, "backup.json"))                          # a folder named as a session
+        os.symlink("/etc/hostname", os.path.join(self.folder, "linked.json"))       # a link named as a session
+        self.clock.advance(2000)
+        self.assertEqual(self.store.reap(), 3)   # old.json, broken.json, the stale temporary file
+        kept = [f".live.json.{now:x}-0123abcd.tmp", "backup.json", "fresh.json", "linked.json", "live.json", *foreign]
+        self.assertEqual(self.files(), sorted(kept))   # (the orphaned lock file went too)
+        self.store.clear()
+        self.assertEqual(self.files(), sorted(set(kept) - {"live.json"}))
+        self.assertEqual(os.readlink(os.path.join(self.folder, "linked.json")), "/etc/hostname")
+
+    def test_reaping_during_writes_spares_foreign_files_and_never_fails_a_request(self) -> None:
+        store = FileStore(self.folder, reap_interval=60_000, now=self.clock)
+        for name in ("package.json", "data.json"):
+            self.write(name, '{"version": 1}', age_ms=10 * 86_400_000)
+        os.mkdir(os.path.join(self.folder, "backup.json"))
+        self.write("deep.json", node_style_deep_document(3000))
+        self.clock.advance(120_000)   # a reap pass is due: every new visitor's write does a little of it
+        client = Client(wsgi(text_app(counter), store=store, now=self.clock))
+        for _ in range(10):
+            response = Client(wsgi(text_app(counter), store=store, now=self.clock)).request()
+            self.assertEqual(response.code, 200)
+            self.assertIsNotNone(response.session_cookie())
+        self.assertEqual(client.request().body, b"1")
+        self.assertTrue({"package.json", "data.json", "backup.json"} <= set(self.files()))
+        self.assertEqual(store.length(), 11)
+
+    def test_an_entry_reaping_cannot_delete_is_logged_and_skipped(self) -> None:
+        now = int(self.clock() * 1000)
+        self.store.set("stuck", document_expiring_at(now + 1000, v=1))
+        self.store.set("other", document_expiring_at(now + 1000, v=1))
+        self.clock.advance(2000)
+        make_undeletable(self, os.path.join(self.folder, "stuck.json"))
+        with self.assertLogs("bunway_session", logging.WARNING) as logs:
+            reaped = self.store.reap()
+        self.assertIn("FileStore skipped 'stuck.json' while cleaning its folder", "\n".join(logs.output))
+        self.assertIn("stuck.json", self.files())
+        if os.geteuid() == 0:   # (in a read-only folder nothing can go; as root the other one does)
+            self.assertEqual((reaped, "other.json" in self.files()), (1, False))
+
+    def test_what_a_file_holds_never_fails_a_request(self) -> None:
+        now = int(self.clock() * 1000)
+        cases = {
+            "deep": node_style_deep_document(1000),
+            "deeper": node_style_deep_document(3000),
+            "huge_number": '{"cookie": {"originalMaxAge": 1e400, "expires": null}, "v": 1}',
+            "huge_number_in_data": ('{"cookie": {"originalMaxAge": null, "expires": null}, "v": 1e400, "__lastAccess": '
+                                    + f"{now}}}"),
+            "far_max_age": '{"cookie": {"originalMaxAge": 1e300, "expires": null}, "v": 1, "__lastAccess": ' + f"{now}}}",
+            "nan_last_access": '{"cookie": {"originalMaxAge": null, "expires": null}, "v": 1, "__lastAccess": NaN}',
+            "far_last_access": '{"cookie": {"originalMaxAge": null, "expires": null}, "v": 1, "__lastAccess": 1e300}',
+            "not_utf8": '{"cookie": {}, "v": "\\udcff"}',
+        }
+        app = wsgi(text_app(counter), store=self.store, now=self.clock)
+        new_cookies: list[str] = []
+        for name, content in cases.items():
+            with self.subTest(case=name):
+                with open(os.path.join(self.folder, name + ".json"), "w", encoding="utf-8",
+                          errors="surrogateescape") as file:
+                    file.write(content)
+                if name != "far_max_age":   # (a session document; its cookie is what is unusable)
+                    self.assertIsNone(self.store.get(name))
+                response = Client(app).request(cookie="connect.sid=" + urllib.parse.quote("s:" + sign(name, SECRET)))
+                self.assertEqual((response.code, response.body), (200, b"1"))
+                self.assertNotEqual(sid_of(response.session_cookie()), name)
+                new_cookies.append(response.session_cookie())
+        # The new sessions, and far_max_age: a session document whose cookie only the request finds unusable.
+        self.assertEqual(sorted(self.store.all()), sorted(["far_max_age", *[sid_of(cookie) for cookie in new_cookies]]))
+        self.clock.advance(2 * 86_400_000)
+        self.store.reap()   # the files that do not parse are torn writes now: gone
+        self.assertEqual(sorted(self.files()), [])
+
+    def test_a_folder_others_can_write_is_refused_unless_shared_on_purpose(self) -> None:
+        shared = os.path.join(self.folder, "shared")
+        os.mkdir(shared)
+        for mode in (0o777, 0o775, 0o757):
+            os.chmod(shared, mode)
+            with self.subTest(mode=oct(mode)), self.assertRaisesRegex(
+                    PermissionError, r"writable by its group or by others .*chmod 700 it .*shared_folder=True"):
+                FileStore(shared)
+        self.assertTrue(FileStore(shared, shared_folder=True).path.endswith("shared"))
+        os.chmod(shared, 0o700)
+        FileStore(shared)
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            os.chown(shared, 65534, 65534)
+            with self.assertRaisesRegex(PermissionError, r"belongs to another user \(uid 65534\).*shared_folder=True"):
+                FileStore(shared)
+        with self.assertRaisesRegex(TypeError, "shared_folder must be True or False"):
+            FileStore(shared, shared_folder="yes")
+
+    def test_links_fifos_devices_and_huge_files_are_never_read(self) -> None:
+        outside = os.path.join(tempfile.mkdtemp(), "victim.json")
+        self.addCleanup(shutil.rmtree, os.path.dirname(outside), True)
+        with open(outside, "w") as file:
+            file.write(bs._dumps(document_expiring_at(int(self.clock() * 1000) + 60_000, user="victim")))
+        os.symlink(outside, os.path.join(self.folder, "linked.json"))
+        os.symlink("/dev/zero", os.path.join(self.folder, "zeros.json"))
+        live = document_expiring_at(int(self.clock() * 1000) + 60_000, user="victim")
+        self.write("huge.json", bs._dumps({**live, "pad": "x" * bs._MAX_FILE_BYTES}))   # a live session, too large
+        self.write("small.json", bs._dumps({**live, "pad": "x" * (bs._MAX_FILE_BYTES - 200)}))   # just under the cap
+        self.assertEqual(self.store.get("small")["user"], "victim")
+        # A FIFO whose buffer already holds a session document: only regular files are read.
+        os.mkfifo(os.path.join(self.folder, "piped.json"))
+        writer = os.open(os.path.join(self.folder, "piped.json"), os.O_RDWR | os.O_NONBLOCK)
+        self.addCleanup(os.close, writer)
+        os.write(writer, bs._dumps(live).encode())
+        for sid in ("linked", "zeros", "huge", "piped"):
+            with self.subTest(sid=sid):
+                self.assertIsNone(self.store.get(sid))
+        os.mkfifo(os.path.join(self.folder, "fifo.json"))
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); import bunway_session as bs; "
+                "print(bs.FileStore(sys.argv[2]).get('fifo'))")
+        done = subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.abspath(bs.__file__)), self.folder],
+                              capture_output=True, text=True, timeout=30, check=False)   # a FIFO must not hang it
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, "None"), done.stderr)
+
+    def test_a_linked_lock_file_is_refused_and_nothing_is_created_where_it_points(self) -> None:
+        self.store.set("a", document_expiring_at(int(self.clock() * 1000) + 60_000, v=1))
+        target = os.path.join(tempfile.mkdtemp(), "planted")
+        self.addCleanup(shutil.rmtree, os.path.dirname(target), True)
+        os.symlink(target, os.path.join(self.folder, ".a.json.lock"))
+        with self.assertRaisesRegex(OSError, r"lock file .*\.a\.json\.lock' is a symbolic link; FileStore never follows"):
+            self.store.update("a", {"v": 2}, [], document_expiring_at(int(self.clock() * 1000) + 60_000)["cookie"])
+        self.assertFalse(os.path.exists(target))
+        self.assertEqual(self.store.get("a")["v"], 1)
+
+    def test_a_session_too_large_to_read_back_is_refused_when_written(self) -> None:
+        self.store.set("a", document_expiring_at(int(self.clock() * 1000) + 60_000, v=1))
+        client = Client(wsgi(text_app(lambda s, e: s.update(blob="x" * bs._MAX_FILE_BYTES)),
+                             store=self.store, now=self.clock))
+        with self.assertRaisesRegex(ValueError, r"over FileStore's limit of 1048576; keep large data elsewhere"):
+            client.request(cookie="connect.sid=" + urllib.parse.quote("s:" + sign("a", SECRET)))
+        self.assertEqual(self.store.get("a")["v"], 1)
+
+    def test_a_stored_cookie_cannot_inject_headers(self) -> None:
+        now = int(self.clock() * 1000)
+        poisoned = {
+            "path": {"path": "/; HttpOnly\r\nSet-Cookie: admin=1"},
+            "path_semicolon": {"path": "/; Domain=evil.example"},
+            "domain": {"domain": "example.com\r\nX-Injected: 1"},
+            "domain_space": {"domain": "a b"},
+            "same_site": {"sameSite": "lax\r\nSet-Cookie: admin=1"},
+            "priority": {"priority": "High; admin=1"},
+            "expires": {"expires": 12345},
+            "original_max_age": {"originalMaxAge": 1e300},
+        }
+        store = self.store   # a folder other writers share (a Redis would do as well)
+        for name, fields in poisoned.items():
+            document = document_expiring_at(now + 60_000, user="victim")
+            document["cookie"].update(fields)
+            self.write(name + ".json", json.dumps({**document, "__lastAccess": now}))
+        for rolling, handler in ((True, reader), (False, lambda s, e: destroy(s))):
+            app = SessionMiddleware(text_app(handler), secret=SECRET, store=store, now=self.clock, rolling=rolling)
+            with LiveServer(app) as live:
+                for name in poisoned:
+                    with self.subTest(case=name, rolling=rolling):
+                        connection = http.client.HTTPConnection("127.0.0.1", int(live.url.rsplit(":", 1)[1]), timeout=10)
+                        connection.request("GET", "/", headers={
+                            "Cookie": "connect.sid=" + urllib.parse.quote("s:" + sign(name, SECRET))})
+                        response = connection.getresponse()
+                        body = response.read()
+                        headers = response.getheaders()
+                        connection.close()
+                        self.assertEqual(response.status, 200)
+                        self.assertEqual(body, b"ok" if handler is not reader else b"None")  # a new session
+                        self.assertEqual([h for h, _ in headers if h.lower() not in ("server", "date", "content-type",
+                                                                                     "content-length", "set-cookie")], [])
+                        for header, value in headers:
+                            if header.lower() == "set-cookie":
+                                self.assertNotIn("admin", value)
+                                self.assertNotIn("evil", value)
+                        with open(os.path.join(self.folder, name + ".json"), encoding="utf-8") as file:
+                            self.assertEqual(json.load(file)["user"], "victim")   # left as it was
+
+    def test_expiries_past_the_year_9999_are_refused_where_they_are_set(self) -> None:
+        for value in (timedelta(days=365 * 8000), timedelta.max, 10**18):
+            with self.subTest(max_age=value), self.assertRaisesRegex(
+                    ValueError, "cookie max_age would make the cookie expire after the year 9999"):
+                wsgi(text_app(counter), cookie={"max_age": value})
+        with self.assertRaisesRegex(ValueError, "cookie expires would make the cookie expire before 1970"):
+            wsgi(text_app(counter), cookie={"expires": datetime(1900, 1, 1, tzinfo=UTC)})
+
+        def remember_me(session: Session, environ: dict[str, Any]) -> str:
+            for value in (10**18, timedelta.max):
+                with self.assertRaisesRegex(ValueError, "cookie.max_age would make the cookie expire after the year 9999"):
+                    session.cookie.max_age = value
+            with self.assertRaisesRegex(ValueError, "cookie.expires would make the cookie expire before 1970"):
+                session.cookie.expires = datetime(1969, 12, 31, tzinfo=UTC)
+            session.cookie.expires = datetime(9999, 12, 31, tzinfo=UTC)   # the last day dates can hold: fine
+            return "ok"
+        response = Client(wsgi(text_app(remember_me))).request()
+        self.assertEqual(response.body, b"ok")
+        self.assertIn("Expires=Fri, 31 Dec 9999 00:00:00 GMT", response.session_cookie())
+
+    def test_a_long_cookie_is_refused_before_it_is_decoded(self) -> None:
+        store = MemoryStore()
+        store.set("short-id", document_expiring_at(int(time.time() * 1000) + 60_000, views=7))
+        signed = "s:" + sign("short-id", SECRET)
+        every_byte_escaped = "".join(f"%{byte:02X}" for byte in signed.encode()) * 1   # decodes to 60 characters
+        padded = every_byte_escaped + "%20" * ((4100 - len(every_byte_escaped)) // 3 + 1)
+        app = wsgi(text_app(reader), store=store)
+        self.assertEqual(Client(app).request(cookie="connect.sid=" + every_byte_escaped).body, b"7")
+        self.assertGreater(len(padded), 4096)
+        self.assertEqual(Client(app).request(cookie="connect.sid=" + padded).body, b"None")
+        self.assertEqual(Client(app).request(cookie="connect.sid=" + "%41" * 35_000).body, b"None")
+
+    def test_last_access_is_reserved(self) -> None:
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            for write in (lambda: session.__setitem__("__lastAccess", 1), lambda: session.update(__lastAccess=1),
+                          lambda: session.setdefault("__lastAccess", 1)):
+                with self.assertRaisesRegex(KeyError, "'__lastAccess' is reserved"):
+                    write()
+            return "ok"
+        self.assertEqual(Client(wsgi(text_app(handler))).request().body, b"ok")
 
 
 # ---------------------------------------------------------------------------
