@@ -1037,17 +1037,17 @@ def _read_regular_file(path: str) -> bytes | None:
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_FILE_BYTES:
             return None
-        chunks: list[bytes] = []
-        size = 0
-        while size <= _MAX_FILE_BYTES:
+        # One read of the size fstat gave; one byte more shows whether the file grew since.
+        data = os.read(fd, info.st_size + 1)
+        while len(data) > info.st_size and len(data) <= _MAX_FILE_BYTES:
             chunk = os.read(fd, 65536)
             if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            size += len(chunk)
-        return None
+                break
+            data += chunk
+        return data if len(data) <= _MAX_FILE_BYTES else None
     except OSError:
         return None
     finally:
