@@ -1595,6 +1595,19 @@ class _RedisFormat:
         _apply_changes(document, changes, deleted)
         return _dumps(document), (None if cookie is None else self._ttl_seconds(document))
 
+    @staticmethod
+    def _queue_write(pipe: Any, key: str, value: str, seconds: int | None) -> bool:
+        """Queue update's write after MULTI (queuing does no I/O, in either client): the value
+        with its TTL, keeping the key's TTL (seconds None), or a delete for a session already
+        expired. True when the session still exists after it."""
+        if seconds is None:
+            pipe.set(key, value, keepttl=True)
+        elif seconds <= 0:
+            pipe.delete(key)
+        else:
+            pipe.set(key, value, ex=seconds)
+        return seconds is None or seconds > 0
+
     def _match(self) -> str:
         """The SCAN pattern of this store's keys: the prefix, its glob characters escaped."""
         return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "*"
@@ -1650,18 +1663,12 @@ class RedisStore(_RedisFormat):
                     merged = self._merged(key, pipe.get(key), changes, deleted, cookie)
                     if merged is None:
                         return False
-                    value, seconds = merged
                     pipe.multi()
-                    if seconds is None:
-                        pipe.set(key, value, keepttl=True)
-                    elif seconds <= 0:
-                        pipe.delete(key)
-                    else:
-                        pipe.set(key, value, ex=seconds)
+                    exists = self._queue_write(pipe, key, *merged)
                     pipe.execute()
-                    return seconds is None or seconds > 0
+                    return exists
                 except Exception as exc:
-                    if type(exc).__name__ != "WatchError":
+                    if type(exc).__name__ != "WatchError":   # (another client wrote the key: again)
                         raise
         raise RuntimeError(f"could not update {key!r}: it kept changing under {_REDIS_RETRIES} attempts")
 
@@ -1734,18 +1741,12 @@ class AsyncRedisStore(_RedisFormat):
                     merged = self._merged(key, await pipe.get(key), changes, deleted, cookie)
                     if merged is None:
                         return False
-                    value, seconds = merged
                     pipe.multi()
-                    if seconds is None:
-                        pipe.set(key, value, keepttl=True)
-                    elif seconds <= 0:
-                        pipe.delete(key)
-                    else:
-                        pipe.set(key, value, ex=seconds)
+                    exists = self._queue_write(pipe, key, *merged)
                     await pipe.execute()
-                    return seconds is None or seconds > 0
+                    return exists
                 except Exception as exc:
-                    if type(exc).__name__ != "WatchError":
+                    if type(exc).__name__ != "WatchError":   # (another client wrote the key: again)
                         raise
         raise RuntimeError(f"could not update {key!r}: it kept changing under {_REDIS_RETRIES} attempts")
 

@@ -997,14 +997,22 @@ class LifecycleRules(EitherWrapper):
         self.assertEqual(client.request().body, b"2")
 
 
-class TestLifecycleWSGI(LifecycleRules, unittest.TestCase):
+class UnderWSGI:
     def wrap(self, handler: Callable[..., Any], **options: Any) -> Any:
         return wsgi(text_app(handler), **options)
 
 
-class TestLifecycleASGI(LifecycleRules, unittest.TestCase):
+class UnderASGI:
     def wrap(self, handler: Callable[..., Any], **options: Any) -> Any:
         return asgi(asgi_text_app(handler), **options)
+
+
+class TestLifecycleWSGI(UnderWSGI, LifecycleRules, unittest.TestCase):
+    pass
+
+
+class TestLifecycleASGI(UnderASGI, LifecycleRules, unittest.TestCase):
+    pass
 
 
 class TestWSGIResponse(unittest.TestCase):
@@ -1433,14 +1441,12 @@ class SessionObjectTests(EitherWrapper):
         self.assertEqual(self.client(handler).request().body, b"(2, {'c': 3, 'd': 4}, True)")
 
 
-class TestSessionObjectWSGI(SessionObjectTests, unittest.TestCase):
-    def wrap(self, handler: Callable[..., Any], **options: Any) -> Any:
-        return wsgi(text_app(handler), **options)
+class TestSessionObjectWSGI(UnderWSGI, SessionObjectTests, unittest.TestCase):
+    pass
 
 
-class TestSessionObjectASGI(SessionObjectTests, unittest.TestCase):
-    def wrap(self, handler: Callable[..., Any], **options: Any) -> Any:
-        return asgi(asgi_text_app(handler), **options)
+class TestSessionObjectASGI(UnderASGI, SessionObjectTests, unittest.TestCase):
+    pass
 
 
 class TestFlash(unittest.TestCase):
