@@ -3658,7 +3658,7 @@ class TestRedisStore(RedisTestCase):
         self.assertEqual(list(store.all()), ["a"])
 
     def test_a_value_that_is_not_a_session_is_no_session_and_a_warning(self) -> None:
-        deep = '{"cookie":{"originalMaxAge":1000,"expires":null},"nest":' + "[" * 3000 + "]" * 3000 + "}"
+        deep = node_style_deep_document(100_000)   # deeper than any Python's parser goes
         for name, value in (("junk", "<html>"), ("deep", deep), ("nan", '{"cookie":{},"v":NaN}'),
                             ("array", "[1]")):
             with self.subTest(value=name):
@@ -3675,6 +3675,24 @@ class TestRedisStore(RedisTestCase):
         with self.assertLogs("bunway_session", logging.WARNING):
             listed = self.store.all()   # the four new sessions; none of the values that are not one
         self.assertEqual((len(listed), {"junk", "deep", "nan", "array"} & set(listed)), (4, set()))
+
+    def test_a_document_nested_as_deep_as_node_writes_never_fails_a_request(self) -> None:
+        for levels in (1000, 3000):   # Node reads these; Python 3.13 too, 3.9-3.11 do not
+            with self.subTest(levels=levels):
+                name = f"deep{levels}"
+                self.redis.set(self.prefix + name, node_style_deep_document(levels), ex=600)
+                logs: list[str] = []
+                handler = logging.Handler()
+                handler.emit = lambda record: logs.append(record.getMessage())  # type: ignore[method-assign]
+                logging.getLogger("bunway_session").addHandler(handler)
+                try:
+                    response = Client(wsgi(text_app(lambda s, e: sorted(s)), store=self.store)).request(
+                        cookie="connect.sid=" + urllib.parse.quote("s:" + sign(name, SECRET)))
+                finally:
+                    logging.getLogger("bunway_session").removeHandler(handler)
+                self.assertEqual(response.code, 200)
+                # Either the session (where this Python parses it) or, with a warning, a new one.
+                self.assertIn((response.body, bool(logs)), [(b"['tree']", False), (b"[]", True)])
 
     def test_an_empty_prefix_is_refused(self) -> None:
         for store_class in (RedisStore, bs.AsyncRedisStore):
@@ -3849,13 +3867,13 @@ class TestAsyncRedisStore(AsyncRedisTestCase):
         self.assertEqual(await self.aredis.get(self.prefix + "x-not-ours"), b"not a session")
 
     async def test_a_value_that_is_not_a_session_is_no_session(self) -> None:
-        await self.aredis.set(self.prefix + "junk", "[" * 3000 + "]" * 3000)
+        await self.aredis.set(self.prefix + "junk", "[" * 100_000 + "]" * 100_000)
         with self.assertLogs("bunway_session", logging.WARNING) as logs:
             response = await ASGIClient(asgi(asgi_text_app(counter), store=self.store)).arequest(
                 cookie="connect.sid=" + urllib.parse.quote("s:" + sign("junk", SECRET)))
         self.assertIn("does not hold a session document", logs.output[0])
         self.assertEqual((response.code, response.body), (200, b"1"))
-        self.assertEqual(await self.aredis.get(self.prefix + "junk"), ("[" * 3000 + "]" * 3000).encode())
+        self.assertEqual(await self.aredis.get(self.prefix + "junk"), ("[" * 100_000 + "]" * 100_000).encode())
 
     async def test_a_stopped_redis_fails_the_request_instead_of_starting_an_empty_session(self) -> None:
         import redis
