@@ -29,7 +29,7 @@ lint: $(CACHE)/lint/bin/mypy
 	$(CACHE)/lint/bin/ruff check --target-version py39 .
 	$(CACHE)/lint/bin/mypy --strict bunway_session.py
 
-$(CACHE)/lint/bin/mypy:
+$(CACHE)/lint/bin/mypy: Makefile
 	$(PYTHON) -m venv $(CACHE)/lint
 	$(CACHE)/lint/bin/pip install --quiet --disable-pip-version-check ruff==0.17.6 mypy==2.4.1
 
@@ -38,7 +38,7 @@ $(CACHE)/lint/bin/mypy:
 bench: $(CACHE)/bench/bin/python
 	$(CACHE)/bench/bin/python bench/bench.py
 
-$(CACHE)/bench/bin/python:
+$(CACHE)/bench/bin/python: Makefile   # (installed again when the list below changes)
 	$(PYTHON) -m venv $(CACHE)/bench
 	$(CACHE)/bench/bin/pip install --quiet --disable-pip-version-check beaker starlette itsdangerous starsessions redis \
 	  || echo "the comparisons could not be installed: the bench runs without them"

@@ -858,7 +858,7 @@ def _apply_changes(document: Document, changes: Mapping[str, Any], deleted: Iter
 
 _MAX_COOKIE_SHAPES = 64
 if TYPE_CHECKING:
-    _MemoryEntry: TypeAlias = tuple[str, dict[str, Any], str | None, int]
+    _MemoryEntry: TypeAlias = tuple[str, dict[str, Any], int | None, int]
 
 
 class MemoryStore:
@@ -875,9 +875,8 @@ class MemoryStore:
         self.ttl = _check_ttl(ttl)
         self._now = now
         self._lock = threading.Lock()
-        # sid -> (data JSON, cookie without expires, cookie.expires as written, deadline ms).
-        # The expiry lives beside the JSON, so a touch rewrites no text, and a read
-        # formats no date.
+        # sid -> (data JSON, cookie without expires, cookie.expires in ms, deadline ms).
+        # The expiry lives beside the JSON, so a touch rewrites no text.
         self._entries: dict[str, _MemoryEntry] = {}
         self._deadlines: list[tuple[int, str]] = []  # a heap; entries may have moved on
         # Most sessions share one cookie shape: keep one copy of each (bounded).
@@ -898,14 +897,15 @@ class MemoryStore:
 
     def _entry(self, data_json: str, cookie: Mapping[str, Any], now_ms: int,
                current: dict[str, Any] | None = None) -> _MemoryEntry:
-        deadline = int(_deadline_ms(_cookie_expires_ms(cookie), now_ms, self.ttl))
-        return data_json, self._shape(cookie, current), cookie.get("expires"), deadline
+        expires = _cookie_expires_ms(cookie)
+        deadline = int(_deadline_ms(expires, now_ms, self.ttl))
+        return data_json, self._shape(cookie, current), expires, deadline
 
     @staticmethod
     def _decode(entry: _MemoryEntry) -> Document:
         data, shape, expires, _ = entry
         cookie = dict(shape)
-        cookie["expires"] = expires
+        cookie["expires"] = None if expires is None else _iso_ms(expires)
         document: Document = {"cookie": cookie}
         document.update(_loads(data))
         return document
@@ -2232,6 +2232,15 @@ class _Lifecycle:
         return self.wrapper.rolling or (
             self.session.cookie._expires_ms is not None and self.is_modified(data_json))
 
+    def is_unused(self) -> bool:
+        """A new session the request never used (no data, not destroyed, no ID made: not
+        regenerated, not saved) under save_uninitialized=False: should_save and
+        should_set_cookie are both False, so its commit has nothing to do (most anonymous
+        page views; the adapters skip it)."""
+        session = self.session
+        return (not self.wrapper.save_uninitialized and session._id is None and not session
+                and not session._destroyed)
+
     def may_send_cookie(self, cookie: SessionCookie) -> bool:
         # A Secure cookie never goes out over plain http.
         return not cookie.secure or self.secure
@@ -2242,7 +2251,6 @@ class _Lifecycle:
         """The end of the request, just before the headers go out: touch the cookie, then
         save or store-touch the session, then the Set-Cookie header if one is due. Returns
         the Set-Cookie values to add."""
-        self.committed = True
         if self.discarded:
             yield from self._destroy_discarded()
         session = self.session
@@ -2500,7 +2508,9 @@ class _Response:
             return
         if self.status is None:
             raise RuntimeError("the application produced a body before calling start_response")
-        set_cookies = _drive(self.lifecycle.commit(), self.lifecycle.wrapper._calls.sync)
+        lifecycle = self.lifecycle
+        lifecycle.committed = True
+        set_cookies = [] if lifecycle.is_unused() else _drive(lifecycle.commit(), lifecycle.wrapper._calls.sync)
         headers = self.headers
         if set_cookies:
             headers = [*headers, *[("Set-Cookie", value) for value in set_cookies]]
@@ -2538,6 +2548,7 @@ class _Response:
             self.commit_late()
         elif self.status is not None:
             # Closed before any body: still save; there are no headers left to send.
+            self.lifecycle.committed = True
             _drive(self.lifecycle.commit(), self.lifecycle.wrapper._calls.sync)
 
 
@@ -2709,9 +2720,13 @@ class _ASGIResponse:
             self.start = None
             self.ended = _ends_body(message)  # the commit covers everything the app did
             # A store error here propagates to the app and the server before anything is sent.
-            calls = self.lifecycle.wrapper._calls
-            steps = self.lifecycle.commit()
-            set_cookies = _drive(steps, calls.sync) if calls.inline else await _adrive(steps, calls.acall)
+            lifecycle = self.lifecycle
+            lifecycle.committed = True
+            set_cookies: list[str] = []
+            if not lifecycle.is_unused():
+                calls = lifecycle.wrapper._calls
+                steps = lifecycle.commit()
+                set_cookies = _drive(steps, calls.sync) if calls.inline else await _adrive(steps, calls.acall)
             if set_cookies:
                 start = dict(start)
                 start["headers"] = [*start.get("headers", ()),

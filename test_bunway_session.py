@@ -861,6 +861,19 @@ class LifecycleRules(EitherWrapper):
         self.assertIsNotNone(response.session_cookie())
         self.assertEqual(self.store.kinds(), ["set"])
 
+    def test_regenerating_an_unused_session_stores_it_and_sends_its_cookie(self) -> None:
+        response = self.client(lambda s, e: regenerate_only(s), save_uninitialized=False).request()
+        sid = response.body.decode()
+        self.assertEqual(sid_of(response.session_cookie()), sid)   # a new ID is a change
+        self.assertEqual(self.store.kinds(), ["set"])
+        self.assertEqual({k: v for k, v in self.store.inner.get(sid).items() if k != "cookie"}, {})
+
+    def test_destroying_a_session_the_cookie_names_in_vain_expires_the_cookie(self) -> None:
+        stale = "connect.sid=" + urllib.parse.quote("s:" + sign("gone-since", SECRET))
+        response = self.client(lambda s, e: destroy(s), save_uninitialized=False).request(cookie=stale)
+        self.assertIn("Expires=Thu, 01 Jan 1970 00:00:00 GMT", response.session_cookie() or "")
+        self.assertEqual(self.store.kinds(), ["get"])
+
     def test_uninitialized_session_not_saved_and_no_cookie_without_save_uninitialized(self) -> None:
         response = self.client(reader, save_uninitialized=False).request()
         self.assertIsNone(response.session_cookie())
@@ -3968,6 +3981,11 @@ def destroy(session: Session) -> str:
 def regenerate(session: Session) -> str:
     session.regenerate()
     session["user"] = "alice"
+    return session.id
+
+
+def regenerate_only(session: Session) -> str:
+    session.regenerate()
     return session.id
 
 
