@@ -1,7 +1,7 @@
 PYTHON ?= python3
 CACHE := .cache
 
-.PHONY: test test-all timeshift demo lint bench interop examples
+.PHONY: test test-all timeshift demo lint bench bench-instructions interop examples
 
 # The README's test command.
 test:
@@ -37,6 +37,10 @@ $(CACHE)/lint/bin/mypy: Makefile
 # in .cache/bench.
 bench: $(CACHE)/bench/bin/python
 	$(CACHE)/bench/bin/python bench/bench.py
+
+# Instructions per request under valgrind (callgrind): comparisons that hold on a noisy machine.
+bench-instructions: $(CACHE)/bench/bin/python
+	$(CACHE)/bench/bin/python bench/instructions.py
 
 $(CACHE)/bench/bin/python: Makefile   # (installed again when the list below changes)
 	$(PYTHON) -m venv $(CACHE)/bench

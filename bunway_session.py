@@ -2414,14 +2414,26 @@ class _Lifecycle:
         return await _adrive(steps, calls.acall)
 
 
+_PLAIN_SCALARS = (str, int, bool, type(None))   # == agrees with their JSON (not float's: -0.0 == 0.0)
+
+
 def _changed_keys(base_json: str, data_json: str, data: Mapping[str, Any]
                   ) -> tuple[dict[str, Any], list[str]]:
     """The top-level keys set (new or with a different JSON value) and deleted since `base_json`."""
     if base_json == data_json:
         return {}, []
     base = _loads(base_json)
-    changes = {key: value for key, value in data.items()
-               if key not in base or _dumps(value) != _dumps(base[key])}
+    changes = {}
+    for key, value in data.items():
+        if key not in base:
+            changes[key] = value
+            continue
+        old = base[key]
+        if value.__class__ is old.__class__ and value.__class__ in _PLAIN_SCALARS:
+            if value != old:
+                changes[key] = value
+        elif _dumps(value) != _dumps(old):
+            changes[key] = value
     deleted = [key for key in base if key not in data]
     return changes, deleted
 

@@ -861,6 +861,18 @@ class LifecycleRules(EitherWrapper):
         self.assertIsNotNone(response.session_cookie())
         self.assertEqual(self.store.kinds(), ["set"])
 
+    def test_a_change_is_a_change_of_json_not_of_python_equality(self) -> None:
+        start = {"flag": 1, "zero": 0.0, "nested": [1], "same": "x"}
+        client = self.client(lambda s, e: s.update(start), resave=False)
+        client.request()
+        sid = sid_of_jar(client)
+        # 1 == True, 0.0 == -0.0 and [1] == [True] in Python; their JSON differs, so they change.
+        changing = self.client(lambda s, e: s.update(flag=True, zero=-0.0, nested=[True], same="x"), resave=False)
+        changing.request(cookie=jar_header(client))
+        stored = self.store.inner.get(sid)
+        self.assertEqual(bs._dumps({k: stored[k] for k in start}),
+                         '{"flag":true,"zero":-0.0,"nested":[true],"same":"x"}')
+
     def test_regenerating_an_unused_session_stores_it_and_sends_its_cookie(self) -> None:
         response = self.client(lambda s, e: regenerate_only(s), save_uninitialized=False).request()
         sid = response.body.decode()
@@ -3704,7 +3716,7 @@ class TestRedisStore(RedisTestCase):
                 self.redis.set(self.prefix + name, node_style_deep_document(levels), ex=600)
                 logs: list[str] = []
                 handler = logging.Handler()
-                handler.emit = lambda record: logs.append(record.getMessage())  # type: ignore[method-assign]
+                handler.emit = lambda record, logs=logs: logs.append(record.getMessage())  # type: ignore[method-assign,misc]
                 logging.getLogger("bunway_session").addHandler(handler)
                 try:
                     response = Client(wsgi(text_app(lambda s, e: sorted(s)), store=self.store)).request(
