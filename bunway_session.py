@@ -1,4 +1,4 @@
-"""bunway_session: express-session for any WSGI application, in one stdlib-only file.
+"""bunway_session: express-session for any WSGI or ASGI application, in one stdlib-only file.
 
 Wrap an application and every request gets a server-side session, identified by a
 signed cookie and kept in a store (memory, files or Redis)::
@@ -12,6 +12,11 @@ signed cookie and kept in a store (memory, files or Redis)::
         return [f"views: {session['views']}".encode()]
 
     app = SessionMiddleware(app, secret="a long random string")
+
+ASGI apps (Starlette, FastAPI, Quart, Litestar, Django) take ASGISessionMiddleware with
+the same options; get_session(request) works in every framework::
+
+    app.add_middleware(ASGISessionMiddleware, secret="a long random string")
 
 Options, defaults, lifecycle rules and wire formats are express-session's, so a Node
 service and a Python service sharing a secret and a store share their users' sessions.
