@@ -2005,9 +2005,9 @@ class _SessionWrapper:
     _app_kind = "an application"
     _carrier = "request"
 
-    def _options_for(self, carrier: Mapping[str, Any]) -> _CookieOptions:
-        if self._cookie_factory is None:
-            return self._cookie_options
+    def _options_from_callable(self, carrier: Mapping[str, Any]) -> _CookieOptions:
+        """A request's cookie options when the `cookie` option is a callable of the request."""
+        assert self._cookie_factory is not None
         return _CookieOptions(self._cookie_factory(carrier), f"cookie({self._carrier})")
 
     def generate_id(self, carrier: Mapping[str, Any]) -> str:
@@ -2143,7 +2143,7 @@ class _Lifecycle:
     wrappers: load, then at commit decide save / store touch / Set-Cookie with the small
     predicates below. `loop` is the ASGI app's event loop (None under WSGI)."""
 
-    __slots__ = ("carrier", "committed", "committed_json", "cookie_id", "cookie_secret_index",
+    __slots__ = ("carrier", "committed_json", "cookie_id", "cookie_secret_index",
                  "cookie_sent", "cookie_value", "discarded", "gone", "id_changed", "loaded_id",
                  "loop", "options", "original_json", "saved_id", "saved_json", "secure", "session",
                  "websocket", "wrapper")
@@ -2163,7 +2163,6 @@ class _Lifecycle:
         self.original_json = "{}"           # the data as loaded (JSON)
         self.saved_id: str | None = None    # the ID and data the store holds, as far as we know
         self.saved_json: str | None = None
-        self.committed = False
         self.committed_json: str | None = None
         self.cookie_sent = False
         self.gone = False        # the store said this session no longer exists (logout elsewhere)
@@ -2475,7 +2474,7 @@ class SessionMiddleware(_SessionWrapper):
         self._warn_multiprocess = isinstance(self.store, MemoryStore)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
-        options = self._cookie_options if self._cookie_factory is None else self._options_for(environ)
+        options = self._cookie_options if self._cookie_factory is None else self._options_from_callable(environ)
         if options.path != "/" and not _request_path(environ).startswith(options.path):
             return self.app(environ, start_response)  # type: ignore[no-any-return]
         if self._warn_multiprocess and environ.get("wsgi.multiprocess"):
@@ -2497,7 +2496,8 @@ class _Response:
     them on with the session's Set-Cookie; the commit happens at the first non-empty
     body chunk, a write() call, or the end of an empty body."""
 
-    __slots__ = ("failed", "headers", "lifecycle", "server_start_response", "server_write", "status")
+    __slots__ = ("committed", "failed", "headers", "lifecycle", "server_start_response", "server_write",
+                 "status")
 
     def __init__(self, lifecycle: _Lifecycle, start_response: StartResponse) -> None:
         self.lifecycle = lifecycle
@@ -2505,6 +2505,7 @@ class _Response:
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.server_write: Callable[[bytes], object] | None = None
+        self.committed = False
         self.failed = False
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
@@ -2525,9 +2526,7 @@ class _Response:
             return
         if self.status is None:
             raise RuntimeError("the application produced a body before calling start_response")
-        lifecycle = self.lifecycle
-        lifecycle.committed = True
-        set_cookies = [] if lifecycle.is_unused() else _drive(lifecycle.commit(), lifecycle.wrapper._calls.sync)
+        set_cookies = self.commit()
         headers = self.headers
         if set_cookies:
             headers = [*headers, *[("Set-Cookie", value) for value in set_cookies]]
@@ -2554,6 +2553,12 @@ class _Response:
             return body
         return _Body(self, body)
 
+    def commit(self) -> list[str]:
+        """The session's commit (none for an unused session); its Set-Cookie values."""
+        self.committed = True
+        lifecycle = self.lifecycle
+        return [] if lifecycle.is_unused() else _drive(lifecycle.commit(), lifecycle.wrapper._calls.sync)
+
     def commit_late(self) -> None:
         _drive(self.lifecycle.commit_late(), self.lifecycle.wrapper._calls.sync)
 
@@ -2561,12 +2566,10 @@ class _Response:
         """close(): save what changed while streaming, unless the app failed."""
         if self.failed:
             return
-        if self.lifecycle.committed:
+        if self.committed:
             self.commit_late()
         elif self.status is not None:
-            # Closed before any body: still save; there are no headers left to send.
-            self.lifecycle.committed = True
-            _drive(self.lifecycle.commit(), self.lifecycle.wrapper._calls.sync)
+            self.commit()  # closed before any body: still save; there are no headers left to send
 
 
 class _Body:
@@ -2677,7 +2680,7 @@ class ASGISessionMiddleware(_SessionWrapper):
         kind = scope["type"]
         if kind != "http" and kind != "websocket":  # lifespan, and types we do not know
             return await self.app(scope, receive, send)  # type: ignore[no-any-return]
-        options = self._cookie_options if self._cookie_factory is None else self._options_for(scope)
+        options = self._cookie_options if self._cookie_factory is None else self._options_from_callable(scope)
         if options.path != "/" and not _scope_path(scope).startswith(options.path):
             return await self.app(scope, receive, send)  # type: ignore[no-any-return]
         cookie_header = None
@@ -2738,7 +2741,6 @@ class _ASGIResponse:
             self.ended = _ends_body(message)  # the commit covers everything the app did
             # A store error here propagates to the app and the server before anything is sent.
             lifecycle = self.lifecycle
-            lifecycle.committed = True
             set_cookies: list[str] = []
             if not lifecycle.is_unused():
                 calls = lifecycle.wrapper._calls
