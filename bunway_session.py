@@ -33,6 +33,7 @@ import functools
 import hashlib
 import heapq
 import hmac
+import inspect
 import json
 import json.encoder
 import json.scanner
@@ -42,6 +43,7 @@ import os
 import re
 import secrets as _secrets
 import stat
+import sys
 import threading
 import time
 from collections.abc import (
@@ -69,12 +71,14 @@ __all__ = [
     "ASGISessionMiddleware",
     "AsyncRedisStore",
     "FileStore",
+    "FlaskSessionInterface",
     "MemoryStore",
+    "QuartSessionInterface",
     "RedisStore",
     "Session",
     "SessionCookie",
     "SessionMiddleware",
-    "SessionStore",
+    "Store",
     "get_session",
     "sign",
     "unsign",
@@ -697,6 +701,16 @@ class Session(dict[str, Any]):
         self._destroyed = False
         lifecycle.id_replaced()
 
+    def cycle_id(self) -> None:
+        """Keep the data and the cookie under a new ID, and delete the old ID from the store
+        (Django's cycle_key). Call it at login when the session's data must survive it; the
+        framework interfaces do it by themselves when the login_key changes."""
+        self._check_writable()
+        lifecycle = self._lifecycle
+        lifecycle.discard(self._id, "cycle_id")
+        self._id = lifecycle.new_id()
+        lifecycle.id_replaced()
+
     def destroy(self) -> None:
         """Delete the session from the store; the response expires the cookie."""
         if self._destroyed:
@@ -813,7 +827,7 @@ def _document(cookie: SessionCookie, data: Mapping[str, Any]) -> Document:
 # ---------------------------------------------------------------------------
 
 @runtime_checkable
-class SessionStore(Protocol):
+class Store(Protocol):
     """What SessionMiddleware needs from a store. Documents are the stored JSON objects:
     the session data plus its `cookie` object.
 
@@ -1334,7 +1348,7 @@ class FileStore:
     # From an event loop (ASGISessionMiddleware): reading a small file from the page cache
     # takes microseconds, a hop to a worker thread tens of them, so get() and the stat of a
     # touch run inline; whatever writes or waits for a lock runs on a worker thread.
-    async def aget(self, sid: str) -> Document | None:
+    async def aget(self, sid: str) -> Any:
         return self.get(sid)
 
     async def atouch(self, sid: str, session: Document) -> bool:
@@ -1712,7 +1726,7 @@ class AsyncRedisStore(_RedisFormat):
 
     _client_example = "redis.asyncio.Redis.from_url('redis://localhost:6379/0')"
 
-    async def aget(self, sid: str) -> Document | None:
+    async def aget(self, sid: str) -> Any:
         key = self._key(sid)
         raw = await self.client.get(key)
         return None if raw is None else self._document(key, raw)
@@ -1791,7 +1805,7 @@ _COOKIE_ALIASES = {"maxAge": "max_age", "httpOnly": "http_only", "sameSite": "sa
 _COOKIE_KEYS = ("max_age", "expires", "secure", "http_only", "path", "domain", "same_site",
                 "partitioned", "priority")
 _OPTION_NAMES = ("secret", "name", "cookie", "store", "resave", "save_uninitialized", "rolling",
-                 "genid", "proxy", "now", "saveUninitialized")
+                 "genid", "proxy", "login_key", "now", "saveUninitialized")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")       # RFC 6265 cookie-name
 _MAX_COOKIE_CHARS = 4096
 _MAX_VERIFIED = 4096   # remembered session cookie values, per middleware
@@ -1910,10 +1924,11 @@ class _CookieOptions:
         return cookie
 
 
-def _secrets_option(secret: Any) -> tuple[bytes, ...]:
+def _secrets_option(secret: Any, adapter: str = "SessionMiddleware") -> tuple[bytes, ...]:
     if secret is None:
-        raise TypeError("secret is required: SessionMiddleware(app, secret='a long random string') "
-                        "(a list rotates secrets: the first signs, all verify)")
+        raise TypeError(f"secret is required: {adapter}(..., secret=os.environ['SESSION_SECRET']), with "
+                        "SESSION_SECRET made once by python -c 'import secrets; print(secrets.token_hex(32))' "
+                        "and kept out of the code (a list rotates secrets: the first signs, all verify)")
     values = list(secret) if isinstance(secret, (list, tuple)) else [secret]
     if not values:
         raise ValueError("secret must not be an empty list: give at least one secret")
@@ -1934,46 +1949,52 @@ def _forwarded_secure(header: str | None) -> bool:
     return header.split(",", 1)[0].strip().lower() in ("https", "wss")
 
 
-_SHARED_STORE: MemoryStore | None = None
+_SHARED_STORES: dict[Any, MemoryStore] = {}
 _SHARED_STORE_LOCK = threading.Lock()
 
 
-def _shared_memory_store() -> MemoryStore:
-    """The MemoryStore of every wrapper given no store: one per process, so a framework that
-    builds a wrapper per route (Litestar) still has one set of sessions."""
-    global _SHARED_STORE
+def _shared_memory_store(cookies: Any) -> MemoryStore:
+    """The MemoryStore of the adapters given no store that would accept each other's cookies
+    (`cookies`: their secrets, cookie name, path and domain): one per process, so a framework
+    that builds a wrapper per route (Litestar) still has one set of sessions, and an app
+    mounted at /admin with a cookie of its own never loads the public app's sessions."""
     with _SHARED_STORE_LOCK:
-        if _SHARED_STORE is None:
-            _SHARED_STORE = MemoryStore()
-        return _SHARED_STORE
+        store = _SHARED_STORES.get(cookies)
+        if store is None:
+            store = _SHARED_STORES[cookies] = MemoryStore()
+        return store
 
 
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_-]+")   # what encodeURIComponent leaves as it is, less . ! ~ * ' ( )
 _URL_SAFE = bytes.maketrans(b"+/", b"-_")      # base64 -> base64url (24 bytes need no padding)
 
 
-class _SessionWrapper:
-    """What the WSGI and ASGI wrappers share: their options, reading the session cookie,
-    and making IDs, cookies and cookie values."""
+class _SessionConfig:
+    """What every adapter shares, and needs no application for: the options, reading the
+    session cookie, making IDs, cookies and cookie values, and how to call the store. The
+    WSGI and ASGI wrappers add an app; Flask's and Quart's session interfaces are one."""
 
-    def __init__(self, app: Any, *, secret: Any = None, name: str = "connect.sid",
+    _calls: _StoreCalls                     # how this adapter calls its store (set by each adapter)
+    _option_names: tuple[str, ...] = _OPTION_NAMES
+    _carrier = "request"                    # what genid and a callable cookie receive
+    _session_class: type[Session] = Session
+    _default_login_key: str | None = None   # the framework interfaces watch Flask-Login's key
+
+    def __init__(self, *, secret: Any = None, name: str = "connect.sid",
                  cookie: Any = None, store: Any = None, resave: bool = True,
                  save_uninitialized: bool = _UNSET, rolling: bool = False,
                  genid: Callable[[Any], str] | None = None, proxy: bool | None = None,
-                 now: Clock = time.time, **express_options: Any) -> None:
-        wrapper = type(self).__name__
+                 login_key: str | None = _UNSET, now: Clock = time.time, **express_options: Any) -> None:
+        adapter = type(self).__name__
         for key, value in express_options.items():
             if key != "saveUninitialized":
-                raise TypeError(f"unknown {wrapper} option {key!r}{_did_you_mean(key, self._option_names)}")
+                raise TypeError(f"unknown {adapter} option {key!r}{_did_you_mean(key, self._option_names)}")
             if save_uninitialized is not _UNSET:
                 raise TypeError("give save_uninitialized or saveUninitialized, not both")
             save_uninitialized = value
         if save_uninitialized is _UNSET:
             save_uninitialized = True
-        if not callable(app):
-            raise TypeError(f"app must be {self._app_kind} (a callable), not {type(app).__name__}")
-        self.app = app
-        self._keys = _secrets_option(secret)
+        self._keys = _secrets_option(secret, adapter)
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
             raise ValueError(f"name must be a valid cookie name (letters, digits, !#$%&'*+-.^_`|~), not {name!r}")
         self.name = name
@@ -1986,8 +2007,10 @@ class _SessionWrapper:
         if not callable(now):
             raise TypeError("now must be a clock: a callable returning seconds since the epoch")
         self._now = now
-        if store is None:  # a wrapper on its own (test) clock keeps a store on that clock
-            store = _shared_memory_store() if now is time.time else MemoryStore(now=now)
+        if store is None:  # an adapter on its own (test) clock keeps a store on that clock
+            store = _shared_memory_store(self._cookie_scope()) if now is time.time else MemoryStore(now=now)
+        elif isinstance(store, type):
+            raise TypeError(f"store={store.__name__} is a class; give an instance: store={store.__name__}(...)")
         self.store = store
         self.resave = _require_bool(resave, "resave")
         self.save_uninitialized = _require_bool(save_uninitialized, "save_uninitialized")
@@ -1998,17 +2021,24 @@ class _SessionWrapper:
         if proxy not in (None, True, False):
             raise TypeError(f"proxy must be None, True or False, not {proxy!r}")
         self.proxy = proxy
+        if login_key is _UNSET:
+            login_key = self._default_login_key
+        if login_key is not None and (not isinstance(login_key, str) or not login_key):
+            raise TypeError(f"login_key must be the session key that holds the logged-in user (a str, e.g. "
+                            f"'_user_id') or None, not {login_key!r}")
+        self.login_key = login_key
         self._verified: dict[str, tuple[str | None, int, str]] = {}
-
-    _calls: _StoreCalls                       # how this wrapper calls its store (set by each wrapper)
-    _option_names: tuple[str, ...] = _OPTION_NAMES
-    _app_kind = "an application"
-    _carrier = "request"
 
     def _options_from_callable(self, carrier: Mapping[str, Any]) -> _CookieOptions:
         """A request's cookie options when the `cookie` option is a callable of the request."""
         assert self._cookie_factory is not None
         return _CookieOptions(self._cookie_factory(carrier), f"cookie({self._carrier})")
+
+    def _cookie_scope(self) -> tuple[Any, ...]:
+        """What decides which cookies this adapter accepts: its secrets, cookie name, path, domain."""
+        options = self._cookie_options
+        where = (options.path, options.domain) if self._cookie_factory is None else (self._cookie_factory,)
+        return (self._keys, self.name, *where)
 
     def generate_id(self, carrier: Mapping[str, Any]) -> str:
         if self._genid is None:  # 32 URL-safe characters, as express-session's uid-safe makes them
@@ -2026,13 +2056,16 @@ class _SessionWrapper:
         return _encode_uri_component("s:" + sid + "." + signature)
 
     def _read_cookie(self, header: str | None) -> tuple[str | None, int, str]:
-        """Read the request's session cookie: (the session ID, if the signature verifies; the
-        index of the secret that signed it, or -1; the cookie value as we would encode it).
+        """Read the request's session cookie from its Cookie header: see _verify_cookie."""
+        return self._verify_cookie(_find_cookie(header, self.name) if header else None)
+
+    def _verify_cookie(self, raw: str | None) -> tuple[str | None, int, str]:
+        """(the session ID, if the signature of the cookie value `raw` verifies; the index of
+        the secret that signed it, or -1; the cookie value as we would encode it).
 
         A verified value is remembered (a bounded memo of a pure function of the value and
         the secrets), so a returning visitor's next requests skip the decoding and the HMAC.
         """
-        raw = _find_cookie(header, self.name) if header else None
         # Browsers keep at most 4096 bytes of a cookie, and decoding only shortens it: a
         # longer value is refused before any work is spent on it.
         if not raw or len(raw) > _MAX_COOKIE_CHARS:
@@ -2119,6 +2152,10 @@ class _StoreCalls:
         self.can_touch = "touch" in self.sync or "touch" in self.twins
         self.can_update = "update" in self.sync or "update" in self.twins
 
+    async def aget(self, sid: str) -> Any:
+        """The store's get, from the event loop (inline when the store never blocks)."""
+        return self.sync["get"](sid) if self.inline else await self.acall(("get", sid))
+
     async def acall(self, step: StoreCall) -> Any:
         """Make one store call from the event loop."""
         name = step[0]
@@ -2143,22 +2180,22 @@ class _Lifecycle:
     wrappers: load, then at commit decide save / store touch / Set-Cookie with the small
     predicates below. `loop` is the ASGI app's event loop (None under WSGI)."""
 
-    __slots__ = ("carrier", "committed_json", "cookie_id", "cookie_secret_index",
+    __slots__ = ("carrier", "committed_json", "config", "cookie_id", "cookie_secret_index",
                  "cookie_sent", "cookie_value", "discarded", "gone", "id_changed", "loaded_id",
-                 "loop", "options", "original_json", "saved_id", "saved_json", "secure", "session",
-                 "websocket", "wrapper")
+                 "loop", "marked_modified", "options", "original_json", "original_login", "saved_id",
+                 "saved_json", "secure", "session", "websocket")
 
-    def __init__(self, wrapper: _SessionWrapper, carrier: Mapping[str, Any], secure: bool,
+    def __init__(self, config: _SessionConfig, carrier: Mapping[str, Any], secure: bool,
                  cookie_header: str | None, options: _CookieOptions,
                  loop: asyncio.AbstractEventLoop | None = None, websocket: bool = False) -> None:
-        self.wrapper = wrapper
+        self.config = config
         self.carrier = carrier          # the environ or scope: what genid and a cookie callable get
         self.secure = secure            # the request came over https (or wss)
         self.options = options
         self.loop = loop
         self.websocket = websocket
         # The ID the request's cookie names (verified), which secret signed it, its value.
-        self.cookie_id, self.cookie_secret_index, self.cookie_value = wrapper._read_cookie(cookie_header)
+        self.cookie_id, self.cookie_secret_index, self.cookie_value = config._read_cookie(cookie_header)
         self.loaded_id: str | None = None   # the ID whose stored copy this request read
         self.original_json = "{}"           # the data as loaded (JSON)
         self.saved_id: str | None = None    # the ID and data the store holds, as far as we know
@@ -2166,7 +2203,9 @@ class _Lifecycle:
         self.committed_json: str | None = None
         self.cookie_sent = False
         self.gone = False        # the store said this session no longer exists (logout elsewhere)
-        self.id_changed = False  # regenerate() gave the session a new ID
+        self.id_changed = False  # regenerate() or cycle_id() gave the session a new ID
+        self.marked_modified = False     # the app said so (Flask's session.modified = True)
+        self.original_login: str | None = None  # the login key's value as loaded (JSON)
         self.discarded: list[str] = []   # IDs that regenerate() or destroy() left to delete
 
     # -- loading ---------------------------------------------------------------
@@ -2182,28 +2221,31 @@ class _Lifecycle:
                 cookie: SessionCookie | None = self.new_cookie()
             else:
                 try:
-                    cookie = SessionCookie.from_dict(stored_cookie, self.wrapper._now)
+                    cookie = SessionCookie.from_dict(stored_cookie, self.config._now)
                 except ValueError:  # an unusable stored cookie: a new session instead
                     cookie = None
             if cookie is not None:
-                session = Session(document, self.cookie_id, cookie, False, self)
+                session = self.config._session_class(document, self.cookie_id, cookie, False, self)
         if session is None:
             # A new session: its ID and cookie are made when first used (Session.id).
-            session = Session({}, None, None, True, self)
+            session = self.config._session_class({}, None, None, True, self)
         else:
             self.loaded_id = session._id
             self.original_json = _encode_data(session)
-            if not self.wrapper.resave:
+            login_key = self.config.login_key
+            if login_key is not None and login_key in session:
+                self.original_login = _dumps(session[login_key])
+            if not self.config.resave:
                 # resave=False: a loaded session counts as saved until it changes.
                 self.saved_id, self.saved_json = session._id, self.original_json
         self.session = session
         return session
 
     def new_id(self) -> str:
-        return self.wrapper.generate_id(self.carrier)
+        return self.config.generate_id(self.carrier)
 
     def new_cookie(self) -> SessionCookie:
-        return self.options.new_cookie(self.secure, self.wrapper._now)
+        return self.options.new_cookie(self.secure, self.config._now)
 
     # -- express-session's predicates ----------------------------------------
 
@@ -2212,10 +2254,10 @@ class _Lifecycle:
         return self.cookie_id is not None and self.cookie_id == self.session._id
 
     def is_modified(self, data_json: str) -> bool:
-        return self.id_changed or self.original_json != data_json
+        return self.id_changed or self.marked_modified or self.original_json != data_json
 
     def is_saved(self, data_json: str) -> bool:
-        return self.saved_json == data_json and self.saved_id == self.session._id
+        return self.saved_json == data_json and self.saved_id == self.session._id and not self.marked_modified
 
     def should_save(self, data_json: str) -> bool:
         if self.is_cookies_session():
@@ -2223,17 +2265,17 @@ class _Lifecycle:
         # A new (or regenerated) session: an uninitialized one is stored only once it holds
         # something, and none is stored when its cookie cannot reach the client (Secure on
         # plain http): nobody could ever come back to it.
-        if not self.wrapper.save_uninitialized and self.saved_id is None and not self.is_modified(data_json):
+        if not self.config.save_uninitialized and self.saved_id is None and not self.is_modified(data_json):
             return False
         return not self.is_saved(data_json) and self.may_send_cookie(self.session.cookie)
 
     def should_touch(self) -> bool:
-        return self.is_cookies_session() and self.wrapper._calls.can_touch
+        return self.is_cookies_session() and self.config._calls.can_touch
 
     def should_set_cookie(self, data_json: str) -> bool:
         if not self.is_cookies_session():
-            return self.wrapper.save_uninitialized or self.is_modified(data_json)
-        return self.wrapper.rolling or (
+            return self.config.save_uninitialized or self.is_modified(data_json)
+        return self.config.rolling or (
             self.session.cookie._expires_ms is not None and self.is_modified(data_json))
 
     def is_unused(self) -> bool:
@@ -2242,7 +2284,7 @@ class _Lifecycle:
         should_set_cookie are both False, so its commit has nothing to do (most anonymous
         page views; the adapters skip it)."""
         session = self.session
-        return (not self.wrapper.save_uninitialized and session._id is None and not session
+        return (not self.config.save_uninitialized and session._id is None and not session
                 and not session._destroyed)
 
     def may_send_cookie(self, cookie: SessionCookie) -> bool:
@@ -2255,9 +2297,13 @@ class _Lifecycle:
         """The end of the request, just before the headers go out: touch the cookie, then
         save or store-touch the session, then the Set-Cookie header if one is due. Returns
         the Set-Cookie values to add."""
+        session = self.session
+        if not session._destroyed and self.is_login():
+            self.discarded.append(session.id)
+            session._id = self.new_id()
+            self.id_replaced()
         if self.discarded:
             yield from self._destroy_discarded()
-        session = self.session
         if session._destroyed:
             return self._expired_cookie() if self.cookie_id is not None else []
         if session._cookie is not None:  # (a cookie made just now needs no touch)
@@ -2276,7 +2322,7 @@ class _Lifecycle:
         if not self.may_send_cookie(cookie):
             return []
         self.cookie_sent = True
-        return [serialize_set_cookie(self.wrapper.name, self._cookie_value(), cookie, cookie._expires_ms)]
+        return [serialize_set_cookie(self.config.name, self._cookie_value(), cookie, cookie._expires_ms)]
 
     def commit_late(self) -> Steps:
         """At the end of a response whose headers went out earlier: save what changed since."""
@@ -2304,9 +2350,9 @@ class _Lifecycle:
         changes, deleted = _changed_keys(base, data_json, session)
         if not changes and not deleted:
             return
-        if not self.wrapper._calls.can_update:
+        if not self.config._calls.can_update:
             raise TypeError(f"a websocket saves its changes key by key with the store's update() (or "
-                            f"aupdate()); {type(self.wrapper.store).__name__} has neither, so its changes "
+                            f"aupdate()); {type(self.config.store).__name__} has neither, so its changes "
                             f"to {', '.join(map(repr, [*changes, *deleted]))} are not saved")
         if (yield ("update", self.loaded_id, changes, deleted, None, None)):
             self.saved_id, self.saved_json = self.loaded_id, data_json
@@ -2329,7 +2375,7 @@ class _Lifecycle:
         if stored_cookie.__class__ is not dict:
             raise LookupError(f"session {sid!r} is no longer in the store (destroyed or expired); "
                               "it cannot be reloaded")
-        cookie = SessionCookie.from_dict(stored_cookie, self.wrapper._now)
+        cookie = SessionCookie.from_dict(stored_cookie, self.config._now)
         document.pop("__lastAccess", None)
         # The store holds exactly this now: later saves apply changes made after it.
         self.loaded_id = sid
@@ -2344,7 +2390,7 @@ class _Lifecycle:
         document is written, as express-session does."""
         session = self.session
         cookie = session.cookie
-        if self.loaded_id is not None and self.loaded_id == session._id and self.wrapper._calls.can_update:
+        if self.loaded_id is not None and self.loaded_id == session._id and self.config._calls.can_update:
             base = self.saved_json if self.saved_json is not None and self.saved_id == session._id \
                 else self.original_json
             changes, deleted = _changed_keys(base, data_json, session)
@@ -2355,6 +2401,11 @@ class _Lifecycle:
             yield ("set", session.id, _document(cookie, session), cookie.max_age)
         self.saved_id, self.saved_json = session._id, data_json
 
+    def abandon(self) -> Steps:
+        """The request ends without a commit (the app raised): its changes are dropped, but
+        the IDs regenerate() and destroy() left are deleted, so a logout stays final."""
+        yield from self._destroy_discarded()
+
     def _destroy_discarded(self) -> Steps:
         while self.discarded:
             yield ("destroy", self.discarded.pop(0))
@@ -2363,20 +2414,20 @@ class _Lifecycle:
         cookie = self.session.cookie
         if not self.may_send_cookie(cookie):
             return []
-        return [serialize_set_cookie(self.wrapper.name, "", cookie, 0)]
+        return [serialize_set_cookie(self.config.name, "", cookie, 0)]
 
     def _cookie_value(self) -> str:
         """The signed ID, encoded; the request's own cookie when the current secret signed it."""
         if self.cookie_secret_index == 0 and self.is_cookies_session():
             return self.cookie_value
-        return self.wrapper.cookie_value(self.session.id)
+        return self.config.cookie_value(self.session.id)
 
     # -- what the session's methods need ------------------------------------------
 
     def discard(self, sid: str | None, method: str) -> None:
-        """regenerate() and destroy() leave the session `sid` to be deleted from the store:
-        at once under WSGI, as express-session does; at commit under ASGI (a sync method
-        cannot await the store)."""
+        """regenerate(), cycle_id() and destroy() leave the session `sid` to be deleted from
+        the store: at once under WSGI, as express-session does; at commit under ASGI (a sync
+        method cannot await the store)."""
         if self.websocket:
             raise RuntimeError(f"session.{method}() is not possible on a websocket: its handshake "
                                "cannot send a cookie. Log in and out over HTTP.")
@@ -2384,17 +2435,27 @@ class _Lifecycle:
             return
         self.discarded.append(sid)
         if self.loop is None:
-            _drive(self._destroy_discarded(), self.wrapper._calls.sync)
+            _drive(self._destroy_discarded(), self.config._calls.sync)
 
     def id_replaced(self) -> None:
-        """regenerate() gave the session a new ID."""
+        """regenerate() or cycle_id() gave the session a new ID."""
         self.gone = False
         self.id_changed = True
+
+    def is_login(self) -> bool:
+        """Did this request set the login key, or change its value, on a session the store
+        already holds under the cookie's ID? (A login: the interfaces then give the session
+        a new ID, so an ID planted before the login is worthless after it. A new session's
+        ID is fresh already.)"""
+        key = self.config.login_key
+        session = self.session
+        return (key is not None and key in session and self.is_cookies_session()
+                and _dumps(session[key]) != self.original_login)
 
     def run(self, steps: Steps, twin: str) -> Any:
         """A sync session method's store calls: directly under WSGI, from a worker thread of
         an ASGI app, or on its event loop's thread when the store never blocks."""
-        calls = self.wrapper._calls
+        calls = self.config._calls
         if self.loop is None:
             return _drive(steps, calls.sync)
         try:
@@ -2407,12 +2468,12 @@ class _Lifecycle:
             return _drive(steps, calls.sync)
         method = twin[1:]
         raise RuntimeError(f"session.{method}() on the event loop would block it with "
-                           f"{type(self.wrapper.store).__name__}: use 'await session.{twin}()' (or call "
+                           f"{type(self.config.store).__name__}: use 'await session.{twin}()' (or call "
                            f"session.{method}() from a sync view, which runs on a worker thread)")
 
     async def arun(self, steps: Steps) -> Any:
         """An async session method's store calls, or the ASGI wrapper's."""
-        calls = self.wrapper._calls
+        calls = self.config._calls
         if self.loop is None or calls.inline:
             return _drive(steps, calls.sync)
         return await _adrive(steps, calls.acall)
@@ -2457,7 +2518,42 @@ def _request_path(environ: Mapping[str, Any]) -> str:
     return (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "") or "/"
 
 
-class SessionMiddleware(_SessionWrapper):
+def _check_app(app: Any, wrapper: str, asynchronous: bool) -> None:
+    """Refuse, when the wrapper is built, an app that cannot be what it wraps: not callable,
+    an ASGI app given to the WSGI wrapper, a WSGI app given to the ASGI wrapper."""
+    if not callable(app):
+        raise TypeError(f"app must be {'an ASGI' if asynchronous else 'a WSGI'} application (a callable), "
+                        f"not {type(app).__name__}")
+    if not asynchronous and hasattr(app, "session_interface") and hasattr(app, "wsgi_app"):
+        raise TypeError(f"{wrapper} was given the Flask app itself; flask.session stays Flask's own cookie "
+                        "that way. Set app.session_interface = FlaskSessionInterface(secret=...) to make "
+                        "flask.session a bunway session (or wrap app.wsgi_app to keep Flask's session apart)")
+    kind = _app_kind(app)
+    if asynchronous and kind == "wsgi":
+        raise TypeError(f"app looks like a WSGI application (it takes environ, start_response): wrap it in "
+                        f"SessionMiddleware, not {wrapper}")
+    if not asynchronous and kind == "asgi":
+        raise TypeError(f"app looks like an ASGI application (async, or it takes scope, receive, send): wrap "
+                        f"it in ASGISessionMiddleware, not {wrapper}")
+
+
+def _app_kind(app: Any) -> str | None:
+    """"asgi" for a coroutine function or a callable of three required arguments, "wsgi" for
+    a plain function of two, None when it cannot be told."""
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else app.__call__
+    if inspect.iscoroutinefunction(call):
+        return "asgi"
+    try:
+        parameters = inspect.signature(call).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        return None
+    required = [p for p in parameters if p.default is p.empty and p.kind != p.KEYWORD_ONLY]
+    return {2: "wsgi", 3: "asgi"}.get(len(required))
+
+
+class SessionMiddleware(_SessionConfig):
     """Wrap a WSGI application so every request under the cookie's path has a session.
 
     Options are express-session's (snake_case; its camelCase spellings are accepted too):
@@ -2465,18 +2561,19 @@ class SessionMiddleware(_SessionWrapper):
     `now` is the clock (seconds since the epoch), for tests.
     """
 
-    _app_kind = "a WSGI application"
     _carrier = "environ"
 
     def __init__(self, app: WSGIApp, **options: Any) -> None:
-        super().__init__(app, **options)
+        _check_app(app, "SessionMiddleware", asynchronous=False)
+        super().__init__(**options)
+        self.app = app
         self._calls = _StoreCalls(self.store, asynchronous=False)
         self._warn_multiprocess = isinstance(self.store, MemoryStore)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         options = self._cookie_options if self._cookie_factory is None else self._options_from_callable(environ)
         if options.path != "/" and not _request_path(environ).startswith(options.path):
-            return self.app(environ, start_response)  # type: ignore[no-any-return]
+            return self.app(environ, start_response)
         if self._warn_multiprocess and environ.get("wsgi.multiprocess"):
             self._warn_multiprocess = False
             log.warning("bunway_session: MemoryStore under a multi-process server: each process "
@@ -2557,10 +2654,10 @@ class _Response:
         """The session's commit (none for an unused session); its Set-Cookie values."""
         self.committed = True
         lifecycle = self.lifecycle
-        return [] if lifecycle.is_unused() else _drive(lifecycle.commit(), lifecycle.wrapper._calls.sync)
+        return [] if lifecycle.is_unused() else _drive(lifecycle.commit(), lifecycle.config._calls.sync)
 
     def commit_late(self) -> None:
-        _drive(self.lifecycle.commit_late(), self.lifecycle.wrapper._calls.sync)
+        _drive(self.lifecycle.commit_late(), self.lifecycle.config._calls.sync)
 
     def finish(self) -> None:
         """close(): save what changed while streaming, unless the app failed."""
@@ -2639,6 +2736,14 @@ def _header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[
     return [value.decode("latin-1") for key, value in headers if key == name]
 
 
+def _scope_cookie_header(scope: Mapping[str, Any]) -> str | None:
+    """The request's Cookie header; several (HTTP/2 may send one a cookie) joined once."""
+    values = _header_values(scope.get("headers") or (), b"cookie")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else "; ".join(values)
+
+
 def _scope_is_secure(scope: Mapping[str, Any], proxy: bool | None) -> bool:
     """https or wss, as the server saw it; with proxy=True also as the first X-Forwarded-Proto says."""
     if scope.get("scheme") in ("https", "wss"):
@@ -2656,7 +2761,7 @@ def _ends_body(message: Mapping[str, Any]) -> bool:
     return kind == "http.response.pathsend"
 
 
-class ASGISessionMiddleware(_SessionWrapper):
+class ASGISessionMiddleware(_SessionConfig):
     """Wrap an ASGI application (Starlette, FastAPI, Quart, Litestar, Django) so every HTTP
     request and websocket under the cookie's path has a session: scope["bunway.session"],
     and scope["session"] unless another middleware put something there.
@@ -2667,11 +2772,12 @@ class ASGISessionMiddleware(_SessionWrapper):
     """
 
     _option_names = (*_OPTION_NAMES, "executor")
-    _app_kind = "an ASGI application"
     _carrier = "scope"
 
     def __init__(self, app: Any, *, executor: Any = None, **options: Any) -> None:
-        super().__init__(app, **options)
+        _check_app(app, "ASGISessionMiddleware", asynchronous=True)
+        super().__init__(**options)
+        self.app = app
         self._calls = _StoreCalls(self.store, asynchronous=True, executor=executor)
         self._warned_session_key = False
 
@@ -2683,20 +2789,11 @@ class ASGISessionMiddleware(_SessionWrapper):
         options = self._cookie_options if self._cookie_factory is None else self._options_from_callable(scope)
         if options.path != "/" and not _scope_path(scope).startswith(options.path):
             return await self.app(scope, receive, send)  # type: ignore[no-any-return]
-        cookie_header = None
-        for name, value in scope.get("headers") or ():   # (HTTP/2 may send several Cookie headers)
-            if name == b"cookie":
-                text = value.decode("latin-1")
-                cookie_header = text if cookie_header is None else cookie_header + "; " + text
         websocket = kind == "websocket"
-        lifecycle = _Lifecycle(self, scope, _scope_is_secure(scope, self.proxy), cookie_header, options,
-                               asyncio.get_running_loop(), websocket)
+        lifecycle = _Lifecycle(self, scope, _scope_is_secure(scope, self.proxy), _scope_cookie_header(scope),
+                               options, asyncio.get_running_loop(), websocket)
         sid = lifecycle.cookie_id
-        document = None
-        if sid is not None:
-            calls = self._calls
-            document = calls.sync["get"](sid) if calls.inline else await calls.acall(("get", sid))
-        session = lifecycle.load(document)
+        session = lifecycle.load(None if sid is None else await self._calls.aget(sid))
         scope = dict(scope)
         scope[ENVIRON_KEY] = session
         if "session" not in scope:
@@ -2743,7 +2840,7 @@ class _ASGIResponse:
             lifecycle = self.lifecycle
             set_cookies: list[str] = []
             if not lifecycle.is_unused():
-                calls = lifecycle.wrapper._calls
+                calls = lifecycle.config._calls
                 steps = lifecycle.commit()
                 set_cookies = _drive(steps, calls.sync) if calls.inline else await _adrive(steps, calls.acall)
             if set_cookies:
@@ -2776,6 +2873,475 @@ def get_session(request: Any) -> Session:
                           "ASGISessionMiddleware (ASGI), and check that the request path is under the "
                           "session cookie's path")
     return session  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------
+# The frameworks' own sessions: Flask, Quart (session interfaces) and Django (an engine)
+# ---------------------------------------------------------------------------
+#
+# Flask and Quart ask their `app.session_interface` to open the request's session and to
+# save it with the response; Django's SessionMiddleware builds `SessionStore(cookie value)`
+# from the module named by SESSION_ENGINE. Each adapter translates; the rules are the
+# lifecycle's (Flask, Quart) or Django's own middleware's, and the store calls are the
+# same step values as everywhere, made directly, awaited or on a worker thread.
+
+class _FrameworkSession(Session):
+    """flask.session and quart.session: a Session that also behaves as Flask's SessionMixin
+    (`permanent`, `modified`, `new`, `accessed`), which the frameworks and their extensions
+    (Flask-Login) look at."""
+
+    __slots__ = ("_permanent_ms", "accessed")
+
+    def __init__(self, data: Mapping[str, Any], sid: str | None, cookie: SessionCookie | None,
+                 is_new: bool, lifecycle: _Lifecycle) -> None:
+        super().__init__(data, sid, cookie, is_new, lifecycle)
+        self.accessed = False
+        self._permanent_ms: int | None = None  # the app's permanent_session_lifetime, in ms
+
+    def __getitem__(self, key: str) -> Any:
+        self.accessed = True
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.accessed = True
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.accessed = True
+        return super().__contains__(key)
+
+    @property
+    def new(self) -> bool:
+        """Flask's name for is_new: this request created the session."""
+        return self.is_new
+
+    @property
+    def modified(self) -> bool:
+        """Did this request change the session (its data, its ID, or it was destroyed)?"""
+        return self._destroyed or self._lifecycle.is_modified(_encode_data(self))
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        # Changes are found by comparing the data, nested values included; True also sends
+        # the cookie again and saves an unchanged session.
+        self._lifecycle.marked_modified = bool(value)
+
+    @property
+    def permanent(self) -> bool:
+        """True when the cookie has an expiry; False for a browser-session cookie."""
+        return self.cookie.original_max_age is not None
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        if bool(value) == self.permanent:
+            return
+        self._check_writable()
+        lifetime = self._lifecycle.options.max_age or self._permanent_ms or DAY_MS
+        self.cookie.max_age = lifetime if value else None
+        self._lifecycle.marked_modified = True
+
+
+class _NoSession(dict):  # type: ignore[type-arg]
+    """flask.session / quart.session on a request outside the session cookie's path: empty,
+    and every write says why there is no session."""
+
+    permanent = False
+    new = False
+    modified = False
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.accessed = False
+
+    def _refuse(self, *arguments: Any, **keywords: Any) -> Any:
+        raise RuntimeError(f"this request has no session: its path is outside the session cookie's path "
+                           f"{self.path!r} (the cookie option 'path')")
+
+    __setitem__ = __delitem__ = setdefault = update = pop = popitem = clear = _refuse
+
+
+def _framework_of(app: Any) -> str | None:
+    """"quart" or "flask", from the classes an application object is made of."""
+    modules = [cls.__module__.split(".")[0] for cls in type(app).__mro__]
+    return "quart" if "quart" in modules else "flask" if "flask" in modules else None
+
+
+class _SessionInterface(_SessionConfig):
+    """What FlaskSessionInterface and QuartSessionInterface share: the options (section 2, and
+    login_key="_user_id": Flask-Login's key), the framework check, and null sessions."""
+
+    _session_class = _FrameworkSession
+    _default_login_key = "_user_id"
+    _framework = ""
+    _other = ""
+    pickle_based = False   # (Flask's SessionInterface attribute; some extensions read it)
+
+    def __init__(self, **options: Any) -> None:
+        interface = type(self).__name__
+        try:
+            __import__(self._framework)
+        except ImportError:
+            raise ImportError(f"{interface} is for {self._framework.capitalize()} apps, and "
+                              f"{self._framework.capitalize()} is not installed (pip install "
+                              f"{self._framework}); a {self._other.capitalize()} app takes "
+                              f"{self._other.capitalize()}SessionInterface") from None
+        super().__init__(**options)
+
+    def _check_app(self, app: Any) -> None:
+        framework = _framework_of(app)
+        if framework is not None and framework != self._framework:
+            raise TypeError(f"{type(self).__name__} is for {self._framework.capitalize()} apps; this is a "
+                            f"{framework.capitalize()} app: app.session_interface = "
+                            f"{framework.capitalize()}SessionInterface(...)")
+
+    def _options(self, carrier: Mapping[str, Any], path: str) -> _CookieOptions | None:
+        """The request's cookie options, or None when its path is outside the cookie's."""
+        options = self._cookie_options if self._cookie_factory is None else self._options_from_callable(carrier)
+        return None if options.path != "/" and not path.startswith(options.path) else options
+
+    def _opened(self, app: Any, carrier: dict[str, Any], lifecycle: _Lifecycle,
+                document: Document | None) -> Session:
+        session = lifecycle.load(document)
+        assert isinstance(session, _FrameworkSession)
+        lifetime = getattr(app, "permanent_session_lifetime", None)
+        if isinstance(lifetime, timedelta):
+            session._permanent_ms = lifetime // _ONE_MS
+        carrier[ENVIRON_KEY] = session  # get_session(request) finds it too
+        return session
+
+    @staticmethod
+    def is_null_session(session: Any) -> bool:
+        if not isinstance(session, (Session, _NoSession)):
+            raise TypeError(f"the session is a {type(session).__name__}, not a bunway session: a Flask app "
+                            "takes FlaskSessionInterface and a Quart app QuartSessionInterface")
+        return isinstance(session, _NoSession)
+
+    @staticmethod
+    def _add_headers(response: Any, session: Session, set_cookies: list[str]) -> None:
+        for value in set_cookies:
+            response.headers.add("Set-Cookie", value)
+        if set_cookies or getattr(session, "accessed", False):
+            response.vary.add("Cookie")  # caches must not serve one visitor's page to another
+
+
+class FlaskSessionInterface(_SessionInterface):
+    """Make flask.session a bunway session::
+
+        app.session_interface = FlaskSessionInterface(secret=..., store=...)
+
+    Options as SessionMiddleware's, plus `login_key` (default "_user_id", Flask-Login's):
+    when a request sets it or changes its value, the session keeps its data under a new ID
+    and the old ID leaves the store. No app.secret_key is needed for the session.
+    """
+
+    _carrier = "environ"
+    _framework = "flask"
+    _other = "quart"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._calls = _StoreCalls(self.store, asynchronous=False)
+
+    def open_session(self, app: Any, request: Any) -> Session | None:
+        self._check_app(app)
+        environ = request.environ
+        options = self._options(environ, _request_path(environ))
+        if options is None:
+            return None
+        lifecycle = _Lifecycle(self, environ, _is_secure(environ, self.proxy), environ.get("HTTP_COOKIE"), options)
+        sid = lifecycle.cookie_id
+        return self._opened(app, environ, lifecycle, None if sid is None else self.store.get(sid))
+
+    def make_null_session(self, app: Any) -> _NoSession:
+        return _NoSession(self._cookie_options.path)
+
+    def save_session(self, app: Any, session: Session, response: Any) -> None:
+        # Flask saves after an unhandled error too, from inside the except block that turns it
+        # into a 500: as SessionMiddleware, the half-made changes are dropped then (regenerate()
+        # and destroy() deleted the old ID at once, so a logout stays final).
+        if sys.exc_info()[0] is not None:
+            return
+        lifecycle = session._lifecycle
+        set_cookies = [] if lifecycle.is_unused() else _drive(lifecycle.commit(), self._calls.sync)
+        self._add_headers(response, session, set_cookies)
+
+
+class QuartSessionInterface(_SessionInterface):
+    """Make quart.session a bunway session::
+
+        app.session_interface = QuartSessionInterface(secret=..., store=...)
+
+    FlaskSessionInterface for Quart: the store is called as under ASGISessionMiddleware
+    (async twins awaited, a blocking store on a worker thread; `executor` as there), and a
+    websocket's changes are saved key by key when its handler returns.
+    """
+
+    _carrier = "scope"
+    _framework = "quart"
+    _other = "flask"
+    _option_names = (*_OPTION_NAMES, "executor")
+
+    def __init__(self, *, executor: Any = None, **options: Any) -> None:
+        super().__init__(**options)
+        self._calls = _StoreCalls(self.store, asynchronous=True, executor=executor)
+
+    async def open_session(self, app: Any, request: Any) -> Session | None:
+        self._check_app(app)
+        scope = request.scope
+        options = self._options(scope, _scope_path(scope))
+        if options is None:
+            return None
+        lifecycle = _Lifecycle(self, scope, _scope_is_secure(scope, self.proxy), _scope_cookie_header(scope),
+                               options, asyncio.get_running_loop(), scope.get("type") == "websocket")
+        sid = lifecycle.cookie_id
+        return self._opened(app, scope, lifecycle, None if sid is None else await self._calls.aget(sid))
+
+    async def make_null_session(self, app: Any) -> _NoSession:
+        return _NoSession(self._cookie_options.path)
+
+    async def save_session(self, app: Any, session: Session, response: Any) -> None:
+        lifecycle = session._lifecycle
+        if lifecycle.websocket:
+            await lifecycle.arun(lifecycle.commit_websocket())
+            return
+        if sys.exc_info()[0] is not None:  # an unhandled error (see FlaskSessionInterface)
+            await lifecycle.arun(lifecycle.abandon())
+            return
+        set_cookies = [] if lifecycle.is_unused() else await lifecycle.arun(lifecycle.commit())
+        self._add_headers(response, session, set_cookies)
+
+
+_DJANGO_OPTIONS = ("secret", "store", "executor")
+_DJANGO_CONFIG: list[Any] = [None, None]   # [the BUNWAY_SESSION it was built from, the config]
+
+
+def _django_config() -> _SessionConfig:
+    """The config Django's sessions run on, from settings.BUNWAY_SESSION (built again when
+    the setting changes, as under override_settings)."""
+    from django.conf import settings  # type: ignore[import-not-found,unused-ignore]
+    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-not-found,unused-ignore]
+
+    raw = getattr(settings, "BUNWAY_SESSION", None)
+    if _DJANGO_CONFIG[0] is raw and _DJANGO_CONFIG[1] is not None:
+        return _DJANGO_CONFIG[1]  # type: ignore[no-any-return]
+    example = ("BUNWAY_SESSION = {'secret': os.environ['SESSION_SECRET'], "
+               "'store': FileStore(BASE_DIR / 'sessions')}")
+    if not isinstance(raw, Mapping):
+        raise ImproperlyConfigured(f"SESSION_ENGINE = 'bunway_session' needs BUNWAY_SESSION in settings, e.g. "
+                                   f"{example}; it is {raw!r}")
+    for key in raw:
+        if key not in _DJANGO_OPTIONS:
+            raise ImproperlyConfigured(
+                f"BUNWAY_SESSION has an unknown key {key!r}{_did_you_mean(str(key), _DJANGO_OPTIONS)}; it takes "
+                f"{', '.join(_DJANGO_OPTIONS)}. The cookie's name and attributes come from Django's "
+                "SESSION_COOKIE_* settings, and when to save from Django's SessionMiddleware.")
+    try:
+        config = _SessionConfig(secret=raw.get("secret"), store=raw.get("store"),
+                                name=settings.SESSION_COOKIE_NAME,
+                                cookie={"path": settings.SESSION_COOKIE_PATH,
+                                        "domain": settings.SESSION_COOKIE_DOMAIN})
+        config._calls = _StoreCalls(config.store, asynchronous=True, executor=raw.get("executor"))
+    except (TypeError, ValueError) as error:
+        raise ImproperlyConfigured(f"BUNWAY_SESSION: {error} (e.g. {example})") from None
+    _DJANGO_CONFIG[:] = [raw, config]
+    return config
+
+
+def _django_session_store() -> type:
+    """Django's session engine: bunway_session.SessionStore, a SessionBase whose data is a
+    plain JSON session document in the bunway store under the session ID, and whose
+    session_key is the cookie value express-session reads ("s%3A<id>.<signature>")."""
+    try:
+        from django.contrib.sessions.backends.base import (  # type: ignore[import-not-found,unused-ignore]
+            SessionBase,
+            UpdateError,
+        )
+    except ImportError:
+        raise ImportError("bunway_session.SessionStore is the Django session engine (SESSION_ENGINE = "
+                          "'bunway_session') and needs Django: pip install django. (The store protocol "
+                          "that had this name is bunway_session.Store.)") from None
+
+    class SessionStore(SessionBase):  # type: ignore[misc]
+        """request.session under SESSION_ENGINE = "bunway_session". Django's middleware and
+        settings decide when to save and the cookie's attributes; the stored `cookie` object
+        mirrors them. A save applies only the keys this request changed (section 8), and a
+        session deleted meanwhile is not brought back (UpdateError: Django then answers
+        SessionInterrupted, as with its own backends)."""
+
+        def __init__(self, session_key: str | None = None) -> None:
+            self._bunway = _django_config()
+            self._bunway_base: tuple[str, str] | None = None  # (ID, data JSON) the store holds, as we know
+            super().__init__(session_key)
+
+        # -- the session key: the signed cookie value ----------------------------------
+        def _bunway_sid(self, key: Any) -> str | None:
+            return self._bunway._verify_cookie(key)[0] if isinstance(key, str) else None
+
+        def _validate_session_key(self, key: Any) -> bool:
+            return self._bunway_sid(key) is not None  # a cookie whose signature fails is no key
+
+        def _get_new_session_key(self) -> str:
+            config = self._bunway
+            return config.cookie_value(config.generate_id({}))  # 192 random bits: no need to ask the store
+
+        async def _aget_new_session_key(self) -> str:
+            return self._get_new_session_key()
+
+        # -- the store calls, as steps (driven directly, awaited, or on the loop) ----------
+        def _run(self, steps: Steps) -> Any:
+            calls = self._bunway._calls
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:  # on the event loop's thread
+                if calls.inline:
+                    return _drive(steps, calls.sync)
+                from django.core.exceptions import (  # type: ignore[import-not-found,unused-ignore]
+                    SynchronousOnlyOperation,
+                )
+                raise SynchronousOnlyOperation(
+                    f"request.session with {type(self._bunway.store).__name__} would block the event loop "
+                    "here: use the async methods (await request.session.aget(...), aset, apop, asave...)")
+            if "get" in calls.sync:
+                return _drive(steps, calls.sync)
+            # An async-only store, from a sync thread: Django's asgiref runs it on an event loop.
+            from asgiref.sync import async_to_sync  # type: ignore[import-not-found,unused-ignore]
+            return async_to_sync(_adrive)(steps, calls.acall)
+
+        async def _arun(self, steps: Steps) -> Any:
+            calls = self._bunway._calls
+            return _drive(steps, calls.sync) if calls.inline else await _adrive(steps, calls.acall)
+
+        def _load_steps(self) -> Steps:
+            sid = self._bunway_sid(self.session_key)
+            document = None if sid is None else (yield ("get", sid))
+            stored_cookie = None if document is None else document.pop("cookie", None)
+            usable = isinstance(stored_cookie, dict)
+            if isinstance(stored_cookie, dict):
+                try:
+                    SessionCookie.from_dict(stored_cookie)  # an unusable cookie: no session (section 10)
+                except ValueError:
+                    usable = False
+            if not usable:
+                self._session_key = None
+                self._bunway_base = None
+                return {}
+            assert document is not None and sid is not None
+            document.pop("__lastAccess", None)
+            self._bunway_base = (sid, _encode_data(document))
+            if self._bunway._verify_cookie(self.session_key)[1] > 0:  # signed by an older secret
+                self._session_key = self._bunway.cookie_value(sid)
+                self.modified = True
+            return document
+
+        def _cookie(self) -> SessionCookie:
+            """The stored cookie object, as Django's settings and this session make the cookie."""
+            from django.conf import settings  # type: ignore[import-not-found,unused-ignore]
+            max_age = None if self.get_expire_at_browser_close() else self.get_expiry_age() * 1000
+            now_ms = _now_ms(self._bunway._now)
+            same_site = settings.SESSION_COOKIE_SAMESITE
+            same_site = same_site.lower() if isinstance(same_site, str) and same_site.lower() in _SAME_SITE_VALUES \
+                else None
+            return SessionCookie(original_max_age=max_age,
+                                 expires_ms=None if max_age is None else _expiry_after(now_ms, max_age),
+                                 secure=bool(settings.SESSION_COOKIE_SECURE),
+                                 http_only=bool(settings.SESSION_COOKIE_HTTPONLY),
+                                 path=settings.SESSION_COOKIE_PATH, domain=settings.SESSION_COOKIE_DOMAIN or None,
+                                 same_site=same_site, now=self._bunway._now)
+
+        def _save_steps(self, data: dict[str, Any], must_create: bool) -> Steps:
+            sid = self._bunway_sid(self.session_key)
+            assert sid is not None
+            data_json = _encode_data(data)
+            cookie = self._cookie()
+            base = self._bunway_base
+            if base is not None and base[0] == sid and not must_create and self._bunway._calls.can_update:
+                changes, deleted = _changed_keys(base[1], data_json, data)
+                if not (yield ("update", sid, changes, deleted, cookie.to_dict(), cookie.max_age)):
+                    self._bunway_base = None
+                    raise UpdateError  # deleted meanwhile (a logout): Django answers SessionInterrupted
+            else:
+                yield ("set", sid, _document(cookie, data), cookie.max_age)
+            self._bunway_base = (sid, data_json)
+
+        def _delete_steps(self, session_key: str | None) -> Steps:
+            sid = self._bunway_sid(self.session_key if session_key is None else session_key)
+            if sid is None:
+                return
+            yield ("destroy", sid)
+            if self._bunway_base is not None and self._bunway_base[0] == sid:
+                self._bunway_base = None
+
+        def _exists_steps(self, session_key: str) -> Steps:
+            sid = self._bunway_sid(session_key)
+            return sid is not None and (yield ("get", sid)) is not None
+
+        # -- SessionBase's backend methods, sync and async ----------------------------------
+        def load(self) -> dict[str, Any]:
+            return self._run(self._load_steps())  # type: ignore[no-any-return]
+
+        async def aload(self) -> dict[str, Any]:
+            return await self._arun(self._load_steps())  # type: ignore[no-any-return]
+
+        def exists(self, session_key: str) -> bool:
+            return bool(self._run(self._exists_steps(session_key)))
+
+        async def aexists(self, session_key: str) -> bool:
+            return bool(await self._arun(self._exists_steps(session_key)))
+
+        def create(self) -> None:
+            self._session_key = self._get_new_session_key()
+            self.save(must_create=True)
+            self.modified = True
+
+        async def acreate(self) -> None:
+            self._session_key = self._get_new_session_key()
+            await self.asave(must_create=True)
+            self.modified = True
+
+        def save(self, must_create: bool = False) -> None:
+            if self.session_key is None:
+                return self.create()
+            self._run(self._save_steps(self._get_session(no_load=must_create), must_create))
+            return None
+
+        async def asave(self, must_create: bool = False) -> None:
+            if self.session_key is None:
+                return await self.acreate()
+            await self._arun(self._save_steps(await self._aget_session(no_load=must_create), must_create))
+            return None
+
+        def delete(self, session_key: str | None = None) -> None:
+            self._run(self._delete_steps(session_key))
+
+        async def adelete(self, session_key: str | None = None) -> None:
+            await self._arun(self._delete_steps(session_key))
+
+        @classmethod
+        def clear_expired(cls) -> None:
+            """manage.py clearsessions: the built-in stores prune themselves; FileStore reaps."""
+            reap = getattr(_django_config().store, "reap", None)
+            if callable(reap):
+                reap()
+
+        @classmethod
+        async def aclear_expired(cls) -> None:
+            cls.clear_expired()
+
+    SessionStore.__module__ = __name__
+    SessionStore.__qualname__ = "SessionStore"
+    return SessionStore
+
+
+def __getattr__(name: str) -> Any:
+    """bunway_session.SessionStore, Django's session engine, is built when Django first
+    looks it up: the module imports nothing of Django until then."""
+    if name == "SessionStore":
+        engine = globals()["SessionStore"] = _django_session_store()
+        return engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------

@@ -433,10 +433,30 @@ def fetch(opener: urllib.request.OpenerDirector, url: str, data: bytes | None = 
 
 class TestPublicNames(unittest.TestCase):
     def test_public_names_are_exported(self) -> None:
-        for name in ("SessionMiddleware", "get_session", "Session", "SessionCookie", "SessionStore",
-                     "MemoryStore", "FileStore", "RedisStore", "sign", "unsign"):
+        for name in ("SessionMiddleware", "ASGISessionMiddleware", "get_session", "Session", "SessionCookie",
+                     "Store", "MemoryStore", "FileStore", "RedisStore", "AsyncRedisStore",
+                     "FlaskSessionInterface", "QuartSessionInterface", "sign", "unsign"):
             self.assertIn(name, bs.__all__)
             self.assertTrue(hasattr(bs, name))
+
+    def test_session_store_is_djangos_engine_and_imports_nothing_until_asked(self) -> None:
+        # SessionStore is Django's (SESSION_ENGINE reads it), so `import *` must not build it.
+        self.assertNotIn("SessionStore", bs.__all__)
+        code = ("import sys, bunway_session; from bunway_session import *; "
+                "print(sorted(m for m in ('django', 'flask', 'quart', 'redis', 'psycopg') if m in sys.modules))")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              cwd=os.path.dirname(os.path.abspath(bs.__file__)), check=False)
+        self.assertEqual(done.stdout.strip(), "[]", done.stderr)
+        try:
+            import django  # noqa: F401
+        except ImportError:
+            with self.assertRaisesRegex(ImportError, r"pip install django.*bunway_session\.Store"):
+                bs.SessionStore  # noqa: B018
+        else:
+            self.assertEqual(bs.SessionStore.__name__, "SessionStore")
+            self.assertIn("SessionBase", [cls.__name__ for cls in bs.SessionStore.__mro__])
+        with self.assertRaises(AttributeError):
+            bs.NoSuchName  # noqa: B018
 
     def test_session_is_a_dict(self) -> None:
         app = wsgi(text_app(lambda s, e: isinstance(s, dict) and isinstance(s, Session)))
