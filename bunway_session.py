@@ -2275,7 +2275,9 @@ class _Lifecycle:
     def should_set_cookie(self, data_json: str) -> bool:
         if not self.is_cookies_session():
             return self.config.save_uninitialized or self.is_modified(data_json)
-        return self.config.rolling or (
+        # (The app saying it changed the session, as Flask's session.modified = True or a new
+        # session.permanent do, sends the cookie even when it has no expiry.)
+        return self.config.rolling or self.marked_modified or (
             self.session.cookie._expires_ms is not None and self.is_modified(data_json))
 
     def is_unused(self) -> bool:

@@ -1376,6 +1376,61 @@ class SessionObjectTests(EitherWrapper):
         self.assertEqual(sid_of(response.session_cookie()), results["id"])
         self.assertEqual(self.store.inner.get(results["id"])["user"], "alice")
 
+    def test_cycle_id_keeps_the_data_and_cookie_under_a_new_id(self) -> None:
+        client = self.client(counter, cookie={"max_age": 60_000})
+        client.request()
+        old_id = sid_of_jar(client)
+        results: dict[str, Any] = {}
+
+        def handler(session: Session, environ: dict[str, Any]) -> str:
+            session.cycle_id()
+            results.update(id=session.id, data=dict(session), new=session.is_new,
+                           max_age=session.cookie.original_max_age)
+            session["user"] = "alice"
+            return "ok"
+        login = self.client(handler, cookie={"max_age": 60_000})
+        login.cookies = client.cookies
+        response = login.request()
+        self.assertNotEqual(results["id"], old_id)
+        self.assertEqual((results["data"], results["new"], results["max_age"]), ({"views": 1}, False, 60_000))
+        self.assertIsNone(self.store.inner.get(old_id), "the old ID must leave the store")
+        self.assertEqual(sid_of(response.session_cookie()), results["id"])
+        stored = self.store.inner.get(results["id"])
+        self.assertEqual((stored["views"], stored["user"]), (1, "alice"))
+
+    def test_login_key_gives_a_new_id_when_set_or_changed_only(self) -> None:
+        def login_as(user: str | None) -> Callable[[Session, dict[str, Any]], str]:
+            def handler(session: Session, environ: dict[str, Any]) -> str:
+                if user is None:
+                    session.pop("_user_id", None)
+                else:
+                    session["_user_id"] = user
+                session["seen"] = session.get("seen", 0) + 1
+                return "ok"
+            return handler
+
+        def visit(handler: Any, login_key: Any = "_user_id") -> tuple[str, str]:
+            """(the ID before the request, the ID the client holds after it)."""
+            before = sid_of_jar(client)
+            app = self.client(handler, login_key=login_key)
+            app.cookies = client.cookies
+            app.request()
+            return before, sid_of_jar(app)
+
+        client = self.client(counter)
+        client.request()
+        before, after = visit(login_as("alice"))
+        self.assertNotEqual(before, after, "setting the login key is a login: a new ID")
+        self.assertIsNone(self.store.inner.get(before))
+        self.assertEqual(self.store.inner.get(after)["views"], 1, "the data is kept")
+        self.assertEqual(visit(login_as("alice"))[1], after, "the same user again: no new ID")
+        before, after = visit(login_as("bob"))
+        self.assertNotEqual(before, after, "another user: a new ID")
+        self.assertEqual(visit(login_as(None))[1], after, "a removed key (a logout) keeps the ID")
+        self.assertEqual(visit(login_as("carol"), login_key=None)[1], after, "login_key=None turns it off")
+        with self.assertRaisesRegex(TypeError, "login_key must be"):
+            self.wrap(counter, secret=SECRET, login_key=3)
+
     def test_destroy_deletes_expires_the_cookie_and_refuses_writes(self) -> None:
         client = self.client(counter, cookie={"domain": "example.com"})
         client.request()
@@ -4441,3 +4496,278 @@ class TestCustomStoreFallback(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---------------------------------------------------------------------------
+# §11 The frameworks' own sessions: Flask (+ Flask-Login), Quart, Django
+# ---------------------------------------------------------------------------
+
+LONG_SECRET = "a test secret that is longer than thirty-two bytes"
+
+
+class Paused:
+    """One request held inside its view (after its session loaded) until released, so another
+    request can run meanwhile: real threads, ordered by events."""
+
+    def __init__(self) -> None:
+        self.loaded = threading.Event()
+        self.released = threading.Event()
+
+    def wait_here(self) -> None:
+        self.loaded.set()
+        if not self.released.wait(30):
+            raise AssertionError("the paused request was never released")
+
+    def run(self, call: Callable[[], Any]) -> Callable[[], Any]:
+        """Start `call` on a thread; wait until its view pauses; return its result's getter."""
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["result"] = call()
+            except BaseException as error:  # noqa: BLE001 - re-raised by the getter
+                box["error"] = error
+        thread = threading.Thread(target=target, daemon=True)
+        thread.start()
+        if not self.loaded.wait(30):
+            raise AssertionError("the paused request did not reach its view")
+
+        def result() -> Any:
+            self.released.set()
+            thread.join(30)
+            if thread.is_alive():
+                raise AssertionError("the paused request did not finish within 30 s")
+            if "error" in box:
+                raise box["error"]
+            return box["result"]
+        return result
+
+
+def flask_login_app(store: Any, **options: Any) -> Any:
+    """A Flask app with Flask-Login on FlaskSessionInterface: no app.secret_key at all."""
+    flask = optional("flask")
+    flask_login = optional("flask_login")
+    app = flask.Flask(__name__)
+    app.session_interface = bs.FlaskSessionInterface(secret=LONG_SECRET, store=store, **options)
+    manager = flask_login.LoginManager(app)
+    paused: dict[str, Paused] = {}
+    app.config["paused"] = paused
+
+    class User(flask_login.UserMixin):
+        def __init__(self, name: str) -> None:
+            self.id = name
+
+    manager.user_loader(User)
+    session = flask.session
+
+    @app.get("/")
+    def home() -> Any:
+        session["views"] = session.get("views", 0) + 1
+        return {"views": session["views"], "user": flask_login.current_user.get_id()}
+
+    @app.post("/login")
+    def login() -> Any:
+        flask_login.login_user(User(flask.request.args.get("user", "alice")))
+        return {"user": flask_login.current_user.get_id()}
+
+    @app.get("/private")
+    @flask_login.login_required
+    def private() -> Any:
+        return {"user": flask_login.current_user.id}
+
+    @app.post("/logout")
+    def logout() -> Any:
+        flask_login.logout_user()
+        session.destroy()
+        return {"ok": True}
+
+    @app.post("/set")
+    def set_value() -> Any:
+        session[flask.request.args["key"]] = flask.request.args["value"]
+        name = flask.request.args.get("pause")
+        if name:
+            paused[name].wait_here()
+        return {"ok": True}
+
+    @app.get("/fail")
+    def fail() -> Any:
+        session["half"] = "made"
+        if flask.request.args.get("logout"):
+            session.destroy()
+        raise RuntimeError("the view failed")
+
+    @app.get("/mixin")
+    def mixin() -> Any:
+        before = {"new": session.new, "modified": session.modified, "permanent": session.permanent}
+        if flask.request.args.get("permanent") is not None:
+            session.permanent = flask.request.args["permanent"] == "1"
+        if flask.request.args.get("write"):
+            session["written"] = True
+        return {**before, "modified_after": session.modified, "is_bunway": isinstance(session._get_current_object(),
+                                                                                     Session),
+                "same": session._get_current_object() is get_session(flask.request)}
+
+    @app.get("/quiet")
+    def quiet() -> Any:
+        return {"ok": True}
+    return app
+
+
+def cookie_pair(response: Any) -> str | None:
+    """The connect.sid=... pair a framework test client's response sets, or None."""
+    for value in response.headers.getlist("Set-Cookie"):
+        if value.startswith("connect.sid="):
+            return value.split(";", 1)[0]
+    return None
+
+
+class TestFlask(unittest.TestCase):
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+        self.app = flask_login_app(self.store)
+        self.client = self.app.test_client()
+
+    def sid(self) -> str:
+        cookie = self.client.get_cookie("connect.sid")
+        assert cookie is not None
+        return sid_of("connect.sid=" + cookie.value)
+
+    def test_flask_session_is_the_bunway_session_without_a_secret_key(self) -> None:
+        self.assertIsNone(self.app.secret_key)
+        response = self.client.get("/mixin?write=1")
+        self.assertEqual(response.status_code, 200)
+        self.assertTrue(response.json["is_bunway"] and response.json["same"])
+        pair = cookie_pair(response)
+        self.assertRegex(pair or "", r"^connect\.sid=s%3A[A-Za-z0-9_-]{32}\.")
+        stored = self.store.get(self.sid())
+        self.assertEqual(stored["written"], True)
+        self.assertEqual(stored["cookie"]["originalMaxAge"], 86_400_000)
+
+    def test_flask_login_gets_a_new_id_at_login_and_the_old_one_dies(self) -> None:
+        self.assertEqual(self.client.get("/private").status_code, 401)
+        self.assertEqual(self.client.get("/").json, {"views": 1, "user": None})
+        visitor = self.sid()
+        response = self.client.post("/login?user=alice")
+        self.assertEqual(response.json, {"user": "alice"})
+        member = self.sid()
+        self.assertNotEqual(member, visitor, "login_user() must change the session ID")
+        self.assertIsNone(self.store.get(visitor), "the pre-login ID must leave the store")
+        stored = self.store.get(member)
+        self.assertEqual((stored["_user_id"], stored["views"]), ("alice", 1))  # what a Node app reads
+        self.assertEqual(self.client.get("/private").json, {"user": "alice"})
+        self.assertEqual(self.client.get("/").json, {"views": 2, "user": "alice"})
+        self.assertEqual(self.sid(), member, "no new ID while the same user stays logged in")
+        planted = self.app.test_client()
+        planted.set_cookie("connect.sid", bs.SessionMiddleware(text_app(counter), secret=LONG_SECRET)
+                           .cookie_value(visitor))
+        self.assertEqual(planted.get("/private").status_code, 401)
+        response = self.client.post("/logout")
+        self.assertIn("Expires=Thu, 01 Jan 1970 00:00:00 GMT", response.headers["Set-Cookie"])
+        self.assertIsNone(self.store.get(member))
+
+    def test_flask_session_mixin_new_modified_permanent_accessed(self) -> None:
+        first = self.client.get("/mixin?write=1").json
+        self.assertEqual((first["new"], first["modified"], first["modified_after"]), (True, False, True))
+        again = self.client.get("/mixin").json
+        self.assertEqual((again["new"], again["modified"], again["permanent"]), (False, False, True))
+        response = self.client.get("/mixin?permanent=0")
+        self.assertNotIn("Expires=", response.headers["Set-Cookie"], "not permanent: a browser-session cookie")
+        self.assertIsNone(self.store.get(self.sid())["cookie"]["originalMaxAge"])
+        self.assertFalse(self.client.get("/mixin").json["permanent"])
+        response = self.client.get("/mixin?permanent=1")
+        self.assertIn("Expires=", response.headers["Set-Cookie"])
+        self.assertEqual(self.store.get(self.sid())["cookie"]["originalMaxAge"], 86_400_000)
+        self.assertIn("Cookie", response.headers.get("Vary", ""), "a page that read the session varies on it")
+        plain = optional("flask").Flask(__name__)   # (Flask-Login reads the session on every request)
+        plain.session_interface = bs.FlaskSessionInterface(secret=LONG_SECRET, store=self.store,
+                                                           save_uninitialized=False)
+        plain.get("/quiet")(lambda: "quiet")
+        self.assertNotIn("Cookie", plain.test_client().get("/quiet").headers.get("Vary", ""))
+        # With no configured max_age, permanent=True takes the app's PERMANENT_SESSION_LIFETIME.
+        app = flask_login_app(MemoryStore(), cookie={"max_age": None})
+        client = app.test_client()
+        self.assertFalse(client.get("/mixin?write=1").json["permanent"])
+        client.get("/mixin?permanent=1")
+        stored = app.session_interface.store.all()
+        self.assertEqual([d["cookie"]["originalMaxAge"] for d in stored.values()], [31 * 86_400_000])
+
+    def test_flask_unhandled_error_drops_changes_but_a_logout_stays_final(self) -> None:
+        self.client.get("/")
+        sid = self.sid()
+        with self.assertLogs(self.app.logger, "ERROR"):
+            self.assertEqual(self.client.get("/fail").status_code, 500)
+            self.assertNotIn("half", self.store.get(sid), "the failed request's changes are dropped")
+            self.assertEqual(self.client.get("/fail?logout=1").status_code, 500)
+        self.assertIsNone(self.store.get(sid), "destroy() before the error still logs out")
+
+    def test_flask_request_outside_the_cookie_path_has_a_session_that_refuses_writes(self) -> None:
+        app = flask_login_app(MemoryStore(), cookie={"path": "/admin"})
+        with self.assertLogs(app.logger, "ERROR") as logs:
+            self.assertEqual(app.test_client().get("/").status_code, 500)
+        self.assertIn("outside the session cookie's path", "\n".join(logs.output))
+        self.assertEqual(app.test_client().get("/quiet").status_code, 200)
+        with app.test_request_context("/"):
+            app.preprocess_request()
+            null = app.session_interface.make_null_session(app)
+            self.assertTrue(app.session_interface.is_null_session(null))
+            self.assertIsNone(null.get("views"))
+            with self.assertRaisesRegex(RuntimeError, "outside the session cookie's path '/admin'"):
+                null["views"] = 1
+
+    def test_flask_parallel_requests_keep_each_others_keys_and_a_logout_is_final(self) -> None:
+        self.client.get("/")
+        sid = self.sid()
+        paused = self.app.config["paused"]
+        cookie = self.client.get_cookie("connect.sid").value
+
+        def request(path: str) -> Any:
+            other = self.app.test_client()
+            other.set_cookie("connect.sid", cookie)
+            return other.post(path)
+        paused["a"] = Paused()
+        a = paused["a"].run(lambda: request("/set?key=x&value=A&pause=a"))
+        request("/set?key=y&value=B")
+        self.assertEqual(a().status_code, 200)
+        stored = self.store.get(sid)
+        self.assertEqual((stored["x"], stored["y"], stored["views"]), ("A", "B", 1))
+        paused["b"] = Paused()
+        b = paused["b"].run(lambda: request("/set?key=z&value=late&pause=b"))
+        self.assertEqual(request("/logout").status_code, 200)
+        response = b()
+        self.assertIsNone(self.store.get(sid), "a slower request must not bring a logged-out session back")
+        self.assertIsNone(cookie_pair(response))
+
+    def test_flask_with_flask_login_under_a_real_server(self) -> None:
+        with LiveServer(self.app) as live:
+            opener, jar = browser()
+            self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
+            self.assertEqual(json.loads(fetch(opener, live.url + "/")[1]), {"views": 1, "user": None})
+            before = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertEqual(json.loads(post(opener, live.url + "/login")[1]), {"user": "alice"})
+            after = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertNotEqual(before, after)
+            self.assertEqual(fetch(opener, live.url + "/private"), (200, '{"user":"alice"}\n'))
+            self.assertEqual(post(opener, live.url + "/logout")[0], 200)
+            self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
+
+    def test_an_interface_on_the_wrong_framework_says_which_one_to_use(self) -> None:
+        flask = optional("flask")
+        quart = optional("quart")
+        with self.assertRaisesRegex(TypeError, r"FlaskSessionInterface is for Flask apps; this is a Quart app: "
+                                               r"app\.session_interface = QuartSessionInterface"):
+            bs.FlaskSessionInterface(secret=LONG_SECRET).open_session(quart.Quart(__name__), object())
+        with self.assertRaisesRegex(TypeError, "QuartSessionInterface is for Quart apps; this is a Flask app"):
+            asyncio.run(bs.QuartSessionInterface(secret=LONG_SECRET).open_session(flask.Flask(__name__), object()))
+        with self.assertRaisesRegex(TypeError, "not a bunway session: a Flask app takes FlaskSessionInterface"):
+            bs.FlaskSessionInterface(secret=LONG_SECRET).is_null_session(object())
+        code = ("import sys; sys.modules['flask'] = None; import bunway_session\n"
+                "try:\n    bunway_session.FlaskSessionInterface(secret='x' * 32)\n"
+                "except ImportError as error:\n    print(error)")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              cwd=os.path.dirname(os.path.abspath(bs.__file__)), check=False)
+        self.assertIn("FlaskSessionInterface is for Flask apps, and Flask is not installed (pip install flask); "
+                      "a Quart app takes QuartSessionInterface", done.stdout, done.stderr)
+        with self.assertRaisesRegex(TypeError, "unknown FlaskSessionInterface option 'max_age'"):
+            bs.FlaskSessionInterface(secret=LONG_SECRET, max_age=5)
+        with self.assertRaisesRegex(TypeError, "secret is required"):
+            bs.FlaskSessionInterface()
