@@ -18,6 +18,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
@@ -4771,3 +4772,424 @@ class TestFlask(unittest.TestCase):
             bs.FlaskSessionInterface(secret=LONG_SECRET, max_age=5)
         with self.assertRaisesRegex(TypeError, "secret is required"):
             bs.FlaskSessionInterface()
+
+
+class ThreadRecordingStore(MemoryStore):
+    """A MemoryStore that may block, as far as the adapters know, and records the threads its
+    methods run on."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def get(self, sid: str) -> Any:
+        self.threads.append(threading.get_ident())
+        return super().get(sid)
+
+    def set(self, sid: str, session: dict[str, Any], max_age: int | None = None) -> None:
+        self.threads.append(threading.get_ident())
+        super().set(sid, session, max_age)
+
+    def update(self, sid: str, changes: Any, deleted: Any, cookie: Any, max_age: Any = None) -> bool:
+        self.threads.append(threading.get_ident())
+        return super().update(sid, changes, deleted, cookie, max_age)
+
+
+def quart_app(store: Any, **options: Any) -> Any:
+    """A Quart app on QuartSessionInterface: quart.session is the bunway session."""
+    quart = optional("quart")
+    app = quart.Quart(__name__)
+    app.session_interface = bs.QuartSessionInterface(secret=LONG_SECRET, store=store, **options)
+    session = quart.session
+
+    @app.get("/")
+    async def home() -> Any:
+        session["views"] = session.get("views", 0) + 1
+        return {"views": session["views"], "user": session.get("_user_id"),
+                "loop_thread": threading.get_ident()}
+
+    @app.post("/login")
+    async def login() -> Any:
+        session["_user_id"] = quart.request.args.get("user", "alice")
+        return {"user": session["_user_id"]}
+
+    @app.get("/private")
+    async def private() -> Any:
+        if "_user_id" not in session:
+            return {"error": "who are you?"}, 401
+        return {"user": session["_user_id"]}
+
+    @app.post("/logout")
+    async def logout() -> Any:
+        session.destroy()
+        return {"ok": True}
+
+    @app.get("/fail")
+    async def fail() -> Any:
+        session["half"] = "made"
+        if quart.request.args.get("logout"):
+            session.destroy()
+        raise RuntimeError("the view failed")
+
+    @app.websocket("/ws")
+    async def ws() -> None:
+        session["from_ws"] = await quart.websocket.receive()
+        await quart.websocket.send(json.dumps({"user": session.get("_user_id")}))
+    return app
+
+
+class TestQuart(AsyncTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.store = MemoryStore()
+        self.app = quart_app(self.store)
+        self.client = self.app.test_client()
+
+    def sid(self) -> str:
+        value = next(c.value for c in self.client.cookie_jar if c.name == "connect.sid")
+        return sid_of("connect.sid=" + value)
+
+    async def test_quart_session_login_key_and_logout(self) -> None:
+        self.assertEqual((await self.client.get("/private")).status_code, 401)
+        response = await self.client.get("/")
+        self.assertEqual((await response.get_json())["views"], 1)
+        self.assertRegex(cookie_pair(response) or "", r"^connect\.sid=s%3A")
+        visitor = self.sid()
+        self.assertEqual(await (await self.client.post("/login?user=alice")).get_json(), {"user": "alice"})
+        member = self.sid()
+        self.assertNotEqual(member, visitor, "setting _user_id is a login: a new ID")
+        self.assertIsNone(self.store.get(visitor))
+        self.assertEqual((self.store.get(member)["_user_id"], self.store.get(member)["views"]), ("alice", 1))
+        self.assertEqual(await (await self.client.get("/private")).get_json(), {"user": "alice"})
+        response = await self.client.post("/logout")
+        self.assertIn("Expires=Thu, 01 Jan 1970 00:00:00 GMT", response.headers["Set-Cookie"])
+        self.assertIsNone(self.store.get(member))
+
+    async def test_quart_websocket_saves_its_changes_key_by_key(self) -> None:
+        await self.client.get("/")
+        await self.client.post("/login")
+        sid = self.sid()
+        async with self.client.websocket("/ws") as socket:
+            await socket.send("hello")
+            self.assertEqual(json.loads(await socket.receive()), {"user": "alice"})
+        await asyncio.wait_for(self.wait_for_key(sid, "from_ws"), 30)
+        self.assertEqual((self.store.get(sid)["from_ws"], self.store.get(sid)["views"]), ("hello", 1))
+
+    async def wait_for_key(self, sid: str, key: str) -> None:
+        while key not in (self.store.get(sid) or {}):   # the handler returns after the client's last read
+            await asyncio.sleep(0.01)
+
+    async def test_quart_unhandled_error_drops_changes_but_a_logout_stays_final(self) -> None:
+        await self.client.get("/")
+        sid = self.sid()
+        with self.assertLogs(self.app.logger, "ERROR"):
+            self.assertEqual((await self.client.get("/fail")).status_code, 500)
+            self.assertNotIn("half", self.store.get(sid))
+            self.assertEqual((await self.client.get("/fail?logout=1")).status_code, 500)
+        self.assertIsNone(self.store.get(sid), "destroy() before the error still logs out")
+
+    async def test_quart_calls_a_blocking_store_off_the_loop(self) -> None:
+        store = ThreadRecordingStore()
+        client = quart_app(store).test_client()
+        loop_thread = (await (await client.get("/")).get_json())["loop_thread"]
+        await client.get("/")
+        self.assertEqual(len(store.threads), 3)   # set; get, update
+        self.assertNotIn(loop_thread, store.threads)
+
+
+class TestQuartEndToEnd(unittest.TestCase):
+    def test_quart_login_protected_page_and_logout_under_uvicorn(self) -> None:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        store = FileStore(folder)
+        with UvicornServer(quart_app(store)) as live:
+            opener, jar = browser()
+            self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
+            self.assertEqual(json.loads(fetch(opener, live.url + "/")[1])["views"], 1)
+            before = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertEqual(json.loads(post(opener, live.url + "/login")[1]), {"user": "alice"})
+            after = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertNotEqual(before, after)
+            self.assertIsNone(store.get(sid_of("x=" + before)))
+            self.assertEqual(json.loads(fetch(opener, live.url + "/private")[1]), {"user": "alice"})
+            self.assertEqual(post(opener, live.url + "/logout")[0], 200)
+            self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
+            self.assertIsNone(store.get(sid_of("x=" + after)))
+
+
+# Django: one settings.configure() for the test process (Django allows one), the session engine
+# "bunway_session", auth, admin and messages on a SQLite file with a superuser; each test gives
+# BUNWAY_SESSION a store of its own with override_settings.
+DJANGO_PAUSED: dict[str, Paused] = {}
+_DJANGO: dict[str, Any] = {}
+
+
+def django_ready() -> Any:
+    """Configure Django once (or skip without it); returns the django module."""
+    django = optional("django")
+    if _DJANGO:
+        return django
+    from django.conf import settings
+    folder = tempfile.mkdtemp(prefix="bunway-django-")
+    settings.configure(
+        DEBUG=False, SECRET_KEY="django-test-key-not-for-sessions", ALLOWED_HOSTS=["127.0.0.1", "testserver"],
+        ROOT_URLCONF=__name__, USE_TZ=True,
+        INSTALLED_APPS=["django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
+                        "django.contrib.sessions", "django.contrib.messages"],
+        MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware",
+                    "django.middleware.csrf.CsrfViewMiddleware",
+                    "django.contrib.auth.middleware.AuthenticationMiddleware",
+                    "django.contrib.messages.middleware.MessageMiddleware"],
+        TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True,
+                    "OPTIONS": {"context_processors": ["django.template.context_processors.request",
+                                                       "django.contrib.auth.context_processors.auth",
+                                                       "django.contrib.messages.context_processors.messages"]}}],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(folder, "db.sqlite3")}},
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],   # fast, for tests
+        SESSION_ENGINE="bunway_session", SESSION_COOKIE_NAME="connect.sid",
+        BUNWAY_SESSION={"secret": LONG_SECRET, "store": MemoryStore()},
+    )
+    django.setup()
+    from django.contrib import admin, auth, messages
+    from django.core.management import call_command
+    from django.http import HttpResponse, JsonResponse
+    from django.urls import path
+    from django.views.decorators.csrf import csrf_exempt
+
+    def home(request: Any) -> Any:
+        request.session["views"] = request.session.get("views", 0) + 1
+        return JsonResponse({"views": request.session["views"], "user": request.user.get_username() or None})
+
+    @csrf_exempt
+    def login(request: Any) -> Any:
+        user = auth.authenticate(request, username="admin", password="admin password")
+        auth.login(request, user)
+        messages.info(request, "Welcome back")
+        return JsonResponse({"user": request.user.get_username()})
+
+    def private(request: Any) -> Any:
+        if not request.user.is_authenticated:
+            return JsonResponse({"error": "who are you?"}, status=401)
+        return JsonResponse({"user": request.user.get_username(),
+                             "messages": [str(m) for m in messages.get_messages(request)]})
+
+    @csrf_exempt
+    def logout(request: Any) -> Any:
+        auth.logout(request)
+        return JsonResponse({"ok": True})
+
+    @csrf_exempt
+    def set_value(request: Any) -> Any:
+        request.session[request.GET["key"]] = request.GET["value"]
+        name = request.GET.get("pause")
+        if name:
+            DJANGO_PAUSED[name].wait_here()
+        return JsonResponse({"ok": True})
+
+    async def async_view(request: Any) -> Any:   # the Django 5.1+ async session methods
+        views = await request.session.aget("views", 0)
+        await request.session.aset("views", views + 1)
+        user = await request.auser()
+        return JsonResponse({"views": views + 1, "user": user.get_username() or None})
+
+    globals()["urlpatterns"] = [
+        path("admin/", admin.site.urls), path("", home), path("login", login), path("private", private),
+        path("logout", logout), path("set", set_value), path("async", async_view),
+        path("plain", lambda request: HttpResponse("plain")),
+    ]
+    call_command("migrate", verbosity=0)
+    from django.contrib.auth.models import User
+    User.objects.create_superuser("admin", "admin@example.com", "admin password")
+    _DJANGO["folder"] = folder
+    return django
+
+
+class DjangoTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        django_ready()
+        from django.test.utils import override_settings
+        self.store = MemoryStore()
+        self.settings = override_settings(BUNWAY_SESSION={"secret": LONG_SECRET, "store": self.store})
+        self.settings.enable()
+        self.addCleanup(self.settings.disable)
+
+    def client(self, **options: Any) -> Any:
+        from django.test import Client
+        return Client(**options)
+
+    @staticmethod
+    def sid(client: Any) -> str:
+        return sid_of("connect.sid=" + client.cookies["connect.sid"].value)
+
+
+class TestDjango(DjangoTestCase):
+    def test_settings_errors_name_bunway_session(self) -> None:
+        from django.core.exceptions import ImproperlyConfigured
+        from django.test.utils import override_settings
+        cases = [({"store": self.store}, "BUNWAY_SESSION: secret is required"),
+                 ({"secret": LONG_SECRET, "store": object()}, "BUNWAY_SESSION: store must have get, set and destroy"),
+                 ({"secret": LONG_SECRET, "store": MemoryStore}, r"BUNWAY_SESSION: store=MemoryStore is a class"),
+                 ({"secret": LONG_SECRET, "cookie": {}}, "BUNWAY_SESSION has an unknown key 'cookie'.*SESSION_COOKIE_"),
+                 ("a string", "needs BUNWAY_SESSION in settings")]
+        for value, message in cases:
+            with self.subTest(value=value), override_settings(BUNWAY_SESSION=value):
+                with self.assertRaisesRegex(ImproperlyConfigured, message):
+                    bs.SessionStore()
+
+    def test_request_session_is_a_plain_json_document_under_the_signed_cookie(self) -> None:
+        client = self.client()
+        self.assertEqual(client.get("/").json(), {"views": 1, "user": None})
+        value = client.cookies["connect.sid"].value
+        self.assertRegex(value, r"^s%3A[A-Za-z0-9_-]{32}\.[A-Za-z0-9%]+$")   # what express-session reads
+        sid = self.sid(client)
+        self.assertEqual(unsign(urllib.parse.unquote(value)[2:], LONG_SECRET), sid)
+        stored = self.store.get(sid)
+        cookie = stored.pop("cookie")
+        self.assertEqual(stored, {"views": 1})
+        self.assertEqual({k: cookie[k] for k in ("originalMaxAge", "httpOnly", "path", "sameSite", "secure")},
+                         {"originalMaxAge": 1_209_600_000, "httpOnly": True, "path": "/", "sameSite": "lax",
+                          "secure": False})
+        self.assertEqual(client.get("/").json()["views"], 2)
+        from django.test.utils import override_settings
+        with override_settings(SESSION_EXPIRE_AT_BROWSER_CLOSE=True, SESSION_COOKIE_SAMESITE="Strict",
+                               SESSION_COOKIE_HTTPONLY=False, SESSION_COOKIE_DOMAIN="example.com"):
+            client.get("/")
+        cookie = self.store.get(sid)["cookie"]
+        self.assertEqual((cookie["originalMaxAge"], cookie["expires"], cookie["sameSite"], cookie["httpOnly"],
+                          cookie["domain"]), (None, None, "strict", False, "example.com"))
+
+    def test_a_document_node_wrote_loads_and_a_tampered_key_is_no_session(self) -> None:
+        self.store.set("nodesession", {"cookie": {"originalMaxAge": 60_000, "expires": None, "httpOnly": True,
+                                                   "path": "/"}, "fromNode": "yes"})
+        key = bs.SessionMiddleware(text_app(counter), secret=LONG_SECRET).cookie_value("nodesession")
+        session = bs.SessionStore(key)
+        self.assertEqual((session["fromNode"], session.session_key), ("yes", key))
+        self.assertIsNone(bs.SessionStore(key[:-3] + "xyz").session_key, "a bad signature is no key")
+        self.assertIsNone(bs.SessionStore("nodesession").session_key, "an unsigned ID is no key")
+        # A key signed by an older secret still loads, and is signed again with the current one.
+        from django.test.utils import override_settings
+        with override_settings(BUNWAY_SESSION={"secret": ["a new secret of more than 32 bytes!", LONG_SECRET],
+                                               "store": self.store}):
+            session = bs.SessionStore(key)
+            self.assertEqual(session["fromNode"], "yes")
+            self.assertEqual(unsign(urllib.parse.unquote(session.session_key)[2:],
+                                    "a new secret of more than 32 bytes!"), "nodesession")
+
+    def test_login_cycles_the_key_and_the_old_id_leaves_the_store(self) -> None:
+        client = self.client()
+        client.get("/")
+        visitor = self.sid(client)
+        self.assertEqual(client.post("/login").json(), {"user": "admin"})
+        member = self.sid(client)
+        self.assertNotEqual(member, visitor)
+        self.assertIsNone(self.store.get(visitor))
+        stored = self.store.get(member)
+        self.assertEqual((stored["_auth_user_id"], stored["views"]), ("1", 1))  # what a Node app reads
+        self.assertEqual(client.get("/private").json(), {"user": "admin", "messages": ["Welcome back"]})
+        self.assertEqual(client.get("/private").json()["messages"], [], "a message is shown once")
+        planted = self.client()
+        planted.cookies["connect.sid"] = bs.SessionMiddleware(text_app(counter), secret=LONG_SECRET) \
+            .cookie_value(visitor)
+        self.assertEqual(planted.get("/private").status_code, 401)
+        self.assertEqual(client.post("/logout").json(), {"ok": True})
+        self.assertIsNone(self.store.get(member))
+        self.assertEqual(client.get("/private").status_code, 401)
+
+    def test_parallel_requests_keep_each_others_keys_and_a_logout_is_final(self) -> None:
+        client = self.client()
+        client.get("/")
+        sid = self.sid(client)
+        cookie = client.cookies["connect.sid"].value
+
+        def request(path: str) -> Any:
+            other = self.client()
+            other.cookies["connect.sid"] = cookie
+            return other.post(path)
+        DJANGO_PAUSED["a"] = Paused()
+        a = DJANGO_PAUSED["a"].run(lambda: request("/set?key=x&value=A&pause=a"))
+        request("/set?key=y&value=B")
+        self.assertEqual(a().status_code, 200)
+        stored = self.store.get(sid)
+        self.assertEqual((stored["x"], stored["y"], stored["views"]), ("A", "B", 1))
+        DJANGO_PAUSED["b"] = Paused()
+        b = DJANGO_PAUSED["b"].run(lambda: request("/set?key=z&value=late&pause=b"))
+        self.assertEqual(request("/logout").status_code, 200)
+        with self.assertLogs("django", "WARNING") as logs:
+            response = b()
+        self.assertIn("session was deleted before the request completed", "\n".join(logs.output))
+        self.assertEqual(response.status_code, 400, "Django answers SessionInterrupted, as its own backends")
+        self.assertIsNone(self.store.get(sid), "a slower request must not bring a logged-out session back")
+
+    def needs_async_sessions(self) -> None:
+        import django
+        if django.VERSION < (5, 1):   # (Django 4.2 LTS, the one Python 3.9 has, is sync only)
+            self.skipTest(f"Django {django.get_version()} has no async session methods (5.1 added them)")
+
+    def test_async_methods_await_an_async_store_and_sync_ones_refuse_to_block_the_loop(self) -> None:
+        self.needs_async_sessions()
+        from django.test.utils import override_settings
+        store = AsyncDictStore()
+        with override_settings(BUNWAY_SESSION={"secret": LONG_SECRET, "store": store}):
+            async def flow() -> tuple[Any, Any]:
+                session = bs.SessionStore()
+                await session.aset("views", 1)
+                await session.acycle_key()
+                first = session.session_key
+                await session.asave()
+                again = bs.SessionStore(first)
+                return first, (await again.aget("views"), await again.aexists(first))
+            key, (views, exists) = asyncio.run(flow())
+            self.assertEqual((views, exists), (1, True))
+            self.assertEqual(list(store.sessions), [sid_of("connect.sid=" + key)])
+            session = bs.SessionStore(key)   # sync, off the loop: asgiref runs the async store
+            self.assertEqual(session["views"], 1)
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        with override_settings(BUNWAY_SESSION={"secret": LONG_SECRET, "store": FileStore(folder)}):
+            async def on_the_loop() -> None:
+                from django.core.exceptions import SynchronousOnlyOperation
+                session = bs.SessionStore()
+                with self.assertRaisesRegex(SynchronousOnlyOperation, r"await request\.session\.aget"):
+                    session.save()
+                await session.asave()
+            asyncio.run(on_the_loop())
+
+    def test_admin_login_with_csrf_messages_and_logout_under_wsgiref(self) -> None:
+        from django.core.wsgi import get_wsgi_application
+        with LiveServer(get_wsgi_application()) as live:
+            opener, jar = browser()
+            status, page = fetch(opener, live.url + "/admin/login/?next=/admin/")
+            self.assertEqual(status, 200)
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            self.assertEqual(fetch(opener, live.url + "/")[0], 200)
+            before = {c.name: c.value for c in jar}["connect.sid"]
+            form = urllib.parse.urlencode({"username": "admin", "password": "admin password", "next": "/admin/",
+                                           "csrfmiddlewaretoken": token}).encode()
+            status, page = fetch(opener, live.url + "/admin/login/?next=/admin/", form)
+            self.assertEqual(status, 200)
+            self.assertIn("Site administration", page)
+            after = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertNotEqual(after, before, "the admin login must change the session ID")
+            self.assertIsNone(self.store.get(sid_of("x=" + before)))
+            self.assertEqual(self.store.get(sid_of("x=" + after))["_auth_user_id"], "1")
+            self.assertEqual(json.loads(fetch(opener, live.url + "/private")[1])["user"], "admin")
+            self.assertEqual(post(opener, live.url + "/logout")[0], 200)
+            self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
+
+    def test_async_view_and_login_under_uvicorn(self) -> None:
+        self.needs_async_sessions()
+        from django.core.asgi import get_asgi_application
+        with UvicornServer(get_asgi_application()) as live:
+            opener, jar = browser()
+            self.assertEqual(json.loads(fetch(opener, live.url + "/async")[1]), {"views": 1, "user": None})
+            self.assertEqual(json.loads(fetch(opener, live.url + "/async")[1]), {"views": 2, "user": None})
+            before = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertEqual(json.loads(post(opener, live.url + "/login")[1]), {"user": "admin"})
+            after = {c.name: c.value for c in jar}["connect.sid"]
+            self.assertNotEqual(after, before)
+            self.assertIsNone(self.store.get(sid_of("x=" + before)))
+            self.assertEqual(json.loads(fetch(opener, live.url + "/async")[1]), {"views": 3, "user": "admin"})
+            self.assertEqual(post(opener, live.url + "/logout")[0], 200)
+            self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
