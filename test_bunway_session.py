@@ -5034,9 +5034,9 @@ class TestDjango(DjangoTestCase):
                  ({"secret": LONG_SECRET, "cookie": {}}, "BUNWAY_SESSION has an unknown key 'cookie'.*SESSION_COOKIE_"),
                  ("a string", "needs BUNWAY_SESSION in settings")]
         for value, message in cases:
-            with self.subTest(value=value), override_settings(BUNWAY_SESSION=value):
-                with self.assertRaisesRegex(ImproperlyConfigured, message):
-                    bs.SessionStore()
+            with self.subTest(value=value), override_settings(BUNWAY_SESSION=value), \
+                    self.assertRaisesRegex(ImproperlyConfigured, message):
+                bs.SessionStore()
 
     def test_request_session_is_a_plain_json_document_under_the_signed_cookie(self) -> None:
         client = self.client()

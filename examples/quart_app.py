@@ -1,46 +1,42 @@
-"""bunway_session with Quart: wrap app.asgi_app; views call get_session(request).
+"""bunway_session with Quart: quart.session is a bunway session (QuartSessionInterface).
 
-    uvicorn examples.quart_app:app              (from the repository's root)
+    SESSION_SECRET=... uvicorn examples.quart_app:app          (from the repository's root)
 """
 
 import os
 import sys
 
-from quart import Quart, request
+from quart import Quart, request, session
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # bunway_session.py
-from bunway_session import ASGISessionMiddleware, get_session
+from bunway_session import QuartSessionInterface
 
 app = Quart(__name__)
-# Quart's own `session` is a signed cookie; this one is server-side and reached with get_session.
-app.asgi_app = ASGISessionMiddleware(app.asgi_app, secret=os.environ.get("SESSION_SECRET", "change me"),
-                                     save_uninitialized=False)
+app.session_interface = QuartSessionInterface(secret=os.environ["SESSION_SECRET"], save_uninitialized=False)
 
 
 @app.get("/")
 async def home():
-    session = get_session(request)
     session["views"] = session.get("views", 0) + 1
-    return {"user": session.get("user"), "views": session["views"]}
+    return {"user": session.get("_user_id"), "views": session["views"]}
 
 
 @app.post("/login")
 async def login():
-    session = get_session(request)
-    session.regenerate()  # a new ID at login: an ID planted before it is worthless
-    session["user"] = request.args.get("user", "alice")
-    return {"user": session["user"]}
+    # Setting the login key (login_key="_user_id", the default) is a login: the session keeps
+    # its data under a new ID, and the ID it had before is deleted.
+    session["_user_id"] = request.args.get("user", "alice")
+    return {"user": session["_user_id"]}
 
 
 @app.get("/private")
 async def private():
-    session = get_session(request)
-    if "user" not in session:
+    if "_user_id" not in session:
         return {"error": "not logged in"}, 401
-    return {"user": session["user"]}
+    return {"user": session["_user_id"]}
 
 
 @app.post("/logout")
 async def logout():
-    get_session(request).destroy()
+    session.destroy()  # the session leaves the store; the response expires the cookie
     return {"ok": True}
