@@ -36,7 +36,9 @@ async function main() {
   app.use(flash());
 
   const me = (req) => ({ side: 'node', id: req.sessionID, user: req.session.user || null,
-                         views: req.session.views || null });
+                         views: req.session.views || null,
+                         // who Flask-Login and Django's auth logged in, as they store it
+                         flaskUser: req.session._user_id || null, djangoUser: req.session._auth_user_id || null });
   app.get('/ping', (req, res) => res.json({ ok: true }));
   app.get('/count', (req, res) => { req.session.views = (req.session.views || 0) + 1; res.json(me(req)); });
   app.get('/whoami', (req, res) => res.json(me(req)));

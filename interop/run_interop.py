@@ -5,7 +5,9 @@ For each store (a temporary folder with session-file-store / FileStore, and a pr
 redis-server on a unix socket with connect-redis / RedisStore), it starts the apps (each
 binds a free loopback port and reports it) and runs every scenario twice: with the Python
 WSGI app (python_app.py, wsgiref) and with the Python ASGI app (python_asgi_app.py under
-uvicorn, with AsyncRedisStore on Redis). It stops everything it started, and prints one
+uvicorn, with AsyncRedisStore on Redis), then the frameworks' own sessions: a Flask-Login
+login and a Django auth.login() (python_framework_app.py) read by Node, and a value Node
+sets read by each. It stops everything it started, and prints one
 PASS/FAIL/SKIP line per scenario and a last line "N passed, N failed, N skipped". Without
 redis-server or redis-py the Redis scenarios are skipped, and without uvicorn the ASGI
 ones; under BUNWAY_REQUIRE_ALL=1 (as CI runs it) a missing component is a failure.
@@ -220,6 +222,44 @@ class Skip(Exception):
     pass
 
 
+# -- the frameworks' own sessions: each gets (node, framework app, store) --------------------
+
+def framework_login_seen_by_node(node: Side, framework: Side, store: Any) -> None:
+    """Node starts a session; the framework's login (Flask-Login's login_user(), Django's
+    auth.login()) gives it a new ID and keeps its data; Node sees who logged in."""
+    body, set_cookie = node.call("GET", "/count")
+    cookie = pair_of_cookie(set_cookie)
+    body, set_cookie = framework.call("POST", "/login?user=alice", cookie=cookie)
+    assert (body["user"], body["views"]) == ("alice", 1), body
+    login_cookie = pair_of_cookie(set_cookie)
+    assert login_cookie != cookie, "the login must change the session ID"
+    body, _ = node.call("GET", "/whoami", cookie=login_cookie)
+    who = body["flaskUser"] if framework.name.startswith("flask") else body["djangoUser"]
+    assert who and body["views"] == 1, ("Node must see the login", body)
+    if framework.name.startswith("flask"):
+        assert who == "alice", body
+    body, _ = node.call("GET", "/whoami", cookie=cookie)
+    assert body["views"] is None, ("the pre-login ID must be dead for Node too", body)
+
+
+def node_value_seen_by_framework(node: Side, framework: Side, store: Any) -> None:
+    """A value Node sets is seen by the framework's session, before and after a login."""
+    body, set_cookie = node.call("GET", "/count")
+    cookie = pair_of_cookie(set_cookie)
+    body, _ = framework.call("GET", "/whoami", cookie=cookie)
+    assert body["views"] == 1, body
+    body, set_cookie = framework.call("POST", "/login?user=bob", cookie=cookie)
+    cookie = pair_of_cookie(set_cookie)
+    body, _ = node.call("GET", "/count", cookie=cookie)
+    assert body["views"] == 2, body
+    body, _ = framework.call("GET", "/whoami", cookie=cookie)
+    assert (body["user"], body["views"]) == ("bob", 2), body
+
+
+FRAMEWORK_SCENARIOS: list[Callable[..., None]] = [framework_login_seen_by_node, node_value_seen_by_framework]
+FRAMEWORKS = {"flask": ("flask", "flask_login"), "django": ("django",)}
+
+
 # -- stores ----------------------------------------------------------------------------
 
 @contextmanager
@@ -339,8 +379,48 @@ def main() -> int:
                 finally:
                     for side in sides:
                         side.stop()
+        for framework, modules in FRAMEWORKS.items():
+            with make() as store:
+                why_not = store if isinstance(store, str) else missing_modules(modules)
+                if why_not:
+                    if REQUIRE_ALL:
+                        print(f"FAIL {kind} ({framework}): {why_not}, and BUNWAY_REQUIRE_ALL=1")
+                        failed += 1
+                    else:
+                        print(f"SKIP {kind} ({framework}): {why_not} (install it to run these scenarios)")
+                        skipped += len(FRAMEWORK_SCENARIOS)
+                    continue
+                assert not isinstance(store, str)
+                env = {key[4:]: value for key, value in store.items() if key.startswith("env_")}
+                sides = [Side("node", ["node", os.path.join(HERE, "node_app.js")], {**env, "SECRET": SECRETS})]
+                try:
+                    sides.append(Side(framework, [sys.executable, os.path.join(HERE, "python_framework_app.py")],
+                                      {**env, "SECRET": SECRETS, "FRAMEWORK": framework}))
+                    for scenario in FRAMEWORK_SCENARIOS:
+                        name = f"{kind} ({framework}): {scenario.__name__.replace('_', ' ')}"
+                        try:
+                            scenario(*sides, store)
+                        except Exception:  # noqa: BLE001 - reported as a failed scenario
+                            failed += 1
+                            print(f"FAIL {name}\n" + "".join("     " + line for line in
+                                                             traceback.format_exc().splitlines(True)[-6:]))
+                        else:
+                            passed += 1
+                            print(f"PASS {name}")
+                finally:
+                    for side in sides:
+                        side.stop()
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
+
+
+def missing_modules(modules: tuple[str, ...]) -> str | None:
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed"
+    return None
 
 
 def version_of(package: str) -> str:
