@@ -2175,13 +2175,23 @@ class _StoreCalls:
         return {name: self.sync.get(name) or on_loop(name) for name in _STORE_METHODS}
 
 
+_DELETIONS: set[asyncio.Task[Any]] = set()   # deletions under way: discard() starts them
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class _Lifecycle:
     """One request's session and express-session's rules for it, written once for both
     wrappers: load, then at commit decide save / store touch / Set-Cookie with the small
     predicates below. `loop` is the ASGI app's event loop (None under WSGI)."""
 
     __slots__ = ("carrier", "committed_json", "config", "cookie_id", "cookie_secret_index",
-                 "cookie_sent", "cookie_value", "discarded", "gone", "id_changed", "loaded_id",
+                 "cookie_sent", "cookie_value", "deletions", "discarded", "gone", "id_changed", "loaded_id",
                  "loop", "marked_modified", "options", "original_json", "original_login", "saved_id",
                  "saved_json", "secure", "session", "websocket")
 
@@ -2207,6 +2217,7 @@ class _Lifecycle:
         self.marked_modified = False     # the app said so (Flask's session.modified = True)
         self.original_login: str | None = None  # the login key's value as loaded (JSON)
         self.discarded: list[str] = []   # IDs that regenerate() or destroy() left to delete
+        self.deletions: list[asyncio.Task[Any]] = []   # their deletion under ASGI, under way
 
     # -- loading ---------------------------------------------------------------
 
@@ -2403,11 +2414,6 @@ class _Lifecycle:
             yield ("set", session.id, _document(cookie, session), cookie.max_age)
         self.saved_id, self.saved_json = session._id, data_json
 
-    def abandon(self) -> Steps:
-        """The request ends without a commit (the app raised): its changes are dropped, but
-        the IDs regenerate() and destroy() left are deleted, so a logout stays final."""
-        yield from self._destroy_discarded()
-
     def _destroy_discarded(self) -> Steps:
         while self.discarded:
             yield ("destroy", self.discarded.pop(0))
@@ -2427,17 +2433,33 @@ class _Lifecycle:
     # -- what the session's methods need ------------------------------------------
 
     def discard(self, sid: str | None, method: str) -> None:
-        """regenerate(), cycle_id() and destroy() leave the session `sid` to be deleted from
-        the store: at once under WSGI, as express-session does; at commit under ASGI (a sync
-        method cannot await the store)."""
+        """regenerate(), cycle_id() and destroy() delete the session `sid` from the store at
+        once, as express-session does, so a logout is final whatever happens to the response
+        (the app raises, is cancelled, sends no body). Under ASGI a sync method cannot await
+        the store: a store that never blocks is called inline, one from a worker thread (a
+        sync view) directly, and otherwise the deletion runs as a task of its own, which the
+        request's cancellation does not stop and which the commit awaits."""
         if self.websocket:
             raise RuntimeError(f"session.{method}() is not possible on a websocket: its handshake "
                                "cannot send a cookie. Log in and out over HTTP.")
         if sid is None:
             return
         self.discarded.append(sid)
-        if self.loop is None:
-            _drive(self._destroy_discarded(), self.config._calls.sync)
+        calls = self.config._calls
+        if self.loop is None or calls.inline:
+            _drive(self._destroy_discarded(), calls.sync)
+        elif _running_loop() is None:  # a worker thread of the app's
+            _drive(self._destroy_discarded(), calls.from_thread(self.loop))
+        else:
+            task = self.loop.create_task(_adrive(self._destroy_discarded(), calls.acall))
+            _DELETIONS.add(task)     # (the loop keeps only weak references to tasks)
+            task.add_done_callback(_DELETIONS.discard)
+            self.deletions.append(task)
+
+    async def settle(self) -> None:
+        """Wait for the deletions discard() started (their store errors propagate)."""
+        while self.deletions:
+            await self.deletions.pop(0)
 
     def id_replaced(self) -> None:
         """regenerate() or cycle_id() gave the session a new ID."""
@@ -2460,11 +2482,7 @@ class _Lifecycle:
         calls = self.config._calls
         if self.loop is None:
             return _drive(steps, calls.sync)
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is None:
+        if _running_loop() is None:
             return _drive(steps, calls.from_thread(self.loop))
         if calls.inline:
             return _drive(steps, calls.sync)
@@ -2475,6 +2493,8 @@ class _Lifecycle:
 
     async def arun(self, steps: Steps) -> Any:
         """An async session method's store calls, or the ASGI wrapper's."""
+        if self.deletions:
+            await self.settle()
         calls = self.config._calls
         if self.loop is None or calls.inline:
             return _drive(steps, calls.sync)
@@ -2841,6 +2861,8 @@ class _ASGIResponse:
             # A store error here propagates to the app and the server before anything is sent.
             lifecycle = self.lifecycle
             set_cookies: list[str] = []
+            if lifecycle.deletions:
+                await lifecycle.settle()
             if not lifecycle.is_unused():
                 calls = lifecycle.config._calls
                 steps = lifecycle.commit()
@@ -3108,7 +3130,7 @@ class QuartSessionInterface(_SessionInterface):
             await lifecycle.arun(lifecycle.commit_websocket())
             return
         if sys.exc_info()[0] is not None:  # an unhandled error (see FlaskSessionInterface)
-            await lifecycle.arun(lifecycle.abandon())
+            await lifecycle.settle()       # (a logout before it is final)
             return
         set_cookies = [] if lifecycle.is_unused() else await lifecycle.arun(lifecycle.commit())
         self._add_headers(response, session, set_cookies)

@@ -1865,40 +1865,71 @@ class TestASGI(AsyncTestCase):
         self.assertIn("; Domain=testserver; ", response.session_cookie())
         self.assertEqual(seen, ["http"])
 
-    async def test_regenerate_and_destroy_do_their_store_work_at_commit(self) -> None:
+    async def test_regenerate_and_destroy_delete_the_old_id_at_once(self) -> None:
         _, cookie, sid = await self.started_session()
         during: list[Any] = []
 
         def login(session: Session, scope: dict[str, Any]) -> str:
             session.regenerate()
-            during.append(self.store.inner.get(sid))   # not yet: no await inside a sync method
+            during.append(self.store.inner.get(sid))   # a store that never blocks: called inline
             session["user"] = "alice"
             return session.id
         response = await ASGIClient(self.middleware(asgi_text_app(login))).arequest(cookie=cookie)
         new_id = response.body.decode()
-        self.assertIsNotNone(during[0])
-        self.assertIsNone(self.store.inner.get(sid))
+        self.assertEqual(during, [None])
         self.assertEqual(self.store.inner.get(new_id)["user"], "alice")
 
-        def logout(session: Session, scope: dict[str, Any]) -> str:
-            session.destroy()
-            during.append(self.store.inner.get(new_id))
+        async def logout(session: Session, scope: dict[str, Any]) -> str:
+            session.destroy()   # a store that blocks: the deletion runs as a task of its own
+            await asyncio.sleep(0)
+            during.append(store.get(sid_of_jar(client)))
             return "bye"
-        response = await ASGIClient(self.middleware(asgi_text_app(logout))).arequest(
-            cookie="connect.sid=" + (response.session_cookie() or "").split(";")[0].split("=", 1)[1])
-        self.assertIsNotNone(during[1])
-        self.assertIsNone(self.store.inner.get(new_id))
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        store = FileStore(folder, now=self.clock)
+        client = ASGIClient(self.middleware(asgi_text_app(counter), store=store))
+        await client.arequest()
+        response = await ASGIClient(self.middleware(asgi_text_app(logout), store=store)).arequest(
+            cookie=jar_header(client))
+        self.assertIsNone(store.get(sid_of_jar(client)))
         self.assertIn("Expires=Thu, 01 Jan 1970", response.session_cookie() or "")
 
-    async def test_an_exception_after_destroy_keeps_the_session(self) -> None:
-        _, cookie, sid = await self.started_session()
+    async def test_a_logout_is_final_when_the_app_raises_is_cancelled_or_sends_no_body(self) -> None:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        stores = {"inline": self.store.inner, "on a worker thread": FileStore(folder, now=self.clock),
+                  "async": AsyncDictStore()}
+        for kind, store in stores.items():
+            for ending in ("raises", "is cancelled", "sends no body"):
+                with self.subTest(store=kind, ending=ending):
+                    client = ASGIClient(self.middleware(asgi_text_app(counter), store=store))
+                    await client.arequest()
+                    sid = sid_of_jar(client)
+                    blocked = asyncio.Event()
 
-        def failing_logout(session: Session, scope: dict[str, Any]) -> None:
-            session.destroy()
-            raise RuntimeError("logout handler failed")
-        with self.assertRaisesRegex(RuntimeError, "logout handler failed"):
-            await ASGIClient(self.middleware(asgi_text_app(failing_logout))).arequest(cookie=cookie)
-        self.assertIsNotNone(self.store.inner.get(sid))   # nothing was committed
+                    async def logout(scope: dict[str, Any], receive: Any, send: Any, ending: str = ending,
+                                     blocked: asyncio.Event = blocked) -> None:
+                        get_session(scope).destroy()
+                        if ending == "raises":
+                            raise RuntimeError("logout handler failed")
+                        if ending == "is cancelled":
+                            blocked.set()
+                            await asyncio.Event().wait()   # until cancelled (a timeout, a disconnect)
+                        await send({"type": "http.response.start", "status": 200, "headers": []})
+                    request = asyncio.ensure_future(
+                        ASGIClient(self.middleware(logout, store=store)).arequest(cookie=jar_header(client)))
+                    if ending == "is cancelled":
+                        await asyncio.wait_for(blocked.wait(), 30)
+                        request.cancel()
+                    await asyncio.wait([request], timeout=30)
+                    self.assertTrue(request.done())
+                    if not request.cancelled():
+                        self.assertIsNotNone(request.exception())  # (raised, or no response to read)
+                    if bs._DELETIONS:
+                        await asyncio.wait(list(bs._DELETIONS), timeout=30)
+                    getter = getattr(store, "aget", None)
+                    stored = await getter(sid) if getter else store.get(sid)
+                    self.assertIsNone(stored, "the logged-out session must leave the store")
 
     async def test_sync_save_and_reload_from_the_loop_and_from_a_worker_thread(self) -> None:
         folder = tempfile.mkdtemp()
