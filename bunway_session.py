@@ -368,12 +368,14 @@ def _loads(text: str) -> Any:
 
 
 def _loads_document(text: str | bytes) -> Document | None:
-    """A stored document parsed from JSON text, or None when it is not a JSON object."""
+    """A stored session document parsed from JSON text, or None when it is not one: every
+    store's one rule (section 10) is a JSON object with a `cookie` object, as express-session
+    writes them (express-session itself fails on a document without one)."""
     try:
         document = _loads(text.decode("utf-8") if isinstance(text, bytes) else text)
     except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         return None
-    return document if isinstance(document, dict) else None
+    return document if document.__class__ is dict and document.get("cookie").__class__ is dict else None
 
 
 def _document_expires_ms(document: Mapping[str, Any]) -> int | None:
@@ -1073,6 +1075,24 @@ def _read_regular_file(path: str) -> bytes | None:
         os.close(fd)
 
 
+def _make_folder(path: str) -> None:
+    """Make FileStore's folder (and its parents) if missing, and check that this process can
+    write in it: a wrong path fails when the store is built, not at a visitor's request."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(f"FileStore path {path!r} is a file, not a folder: give the folder for the "
+                                 "session files (FileStore makes it if missing)") from None
+    except PermissionError:
+        raise PermissionError(f"FileStore cannot make its folder {path!r}: permission denied. Make it as the "
+                              f"user the app runs as (mkdir -m 700 {path}), or give a folder that user may "
+                              "write, such as one in the project's folder") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"FileStore cannot write in its folder {path!r} (it belongs to uid "
+                              f"{os.stat(path).st_uid}, mode {stat.filemode(os.stat(path).st_mode)}): give the "
+                              "user the app runs as write access to it (chown), or give a folder of that user's")
+
+
 def _check_folder(path: str, shared_folder: bool) -> None:
     """Refuse a folder that someone else could write: another user could plant, swap or
     link session files in it (log in as someone else, or make this process write where a
@@ -1142,8 +1162,8 @@ class FileStore:
         self.touch_after = touch_after
         self.reap_interval = _check_ttl(reap_interval, "reap_interval")
         self._now = now
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
         self.shared_folder = _require_bool(shared_folder, "shared_folder")
+        _make_folder(self.path)
         _check_folder(self.path, self.shared_folder)
         self._prefix = os.path.join(self.path, "")
         # flock serialises writers across threads and processes. Where it does not exist
@@ -1570,6 +1590,10 @@ class _RedisFormat:
     JSON, TTL from cookie.expires (else `ttl`) in whole seconds rounded up."""
 
     _client_example = "redis.Redis.from_url('redis://localhost:6379/0')"
+    _asynchronous = False
+    _wrong_client = ("RedisStore needs a sync client (redis.Redis); this one is asyncio's (redis.asyncio.Redis), "
+                     "whose calls RedisStore would never await, so nothing would be stored: use "
+                     "AsyncRedisStore(client) (with ASGISessionMiddleware or QuartSessionInterface)")
 
     def __init__(self, client: Any, prefix: str = "sess:", ttl: int = DAY_MS,
                  now: Clock = time.time) -> None:
@@ -1581,6 +1605,10 @@ class _RedisFormat:
         if not prefix:
             raise ValueError(f"{store} prefix must not be empty: its clear() deletes every key that starts "
                              "with the prefix, which would be the whole database")
+        asynchronous = inspect.iscoroutinefunction(getattr(client, "execute_command", None)
+                                                   or getattr(client, "get", None))
+        if asynchronous != self._asynchronous:
+            raise TypeError(self._wrong_client)
         self.client = client
         self.prefix = prefix
         self.ttl = _check_ttl(ttl)
@@ -1631,8 +1659,18 @@ class _RedisFormat:
         """The SCAN pattern of this store's keys: the prefix, its glob characters escaped."""
         return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "*"
 
-    def _session_id(self, key: Any) -> str:
-        return (key.decode("utf-8") if isinstance(key, bytes) else key)[len(self.prefix):]
+    def _sessions(self, keys: Sequence[Any], values: Sequence[Any]) -> Iterator[tuple[str, Document]]:
+        """all()'s (session ID, document) pairs of a batch of keys and their values; a key that
+        is not UTF-8 (not one of ours: session IDs are text) or a value that is no session is
+        left out."""
+        for key, raw in zip(keys, values):
+            try:
+                name = key.decode("utf-8") if isinstance(key, bytes) else str(key)
+            except UnicodeDecodeError:
+                continue
+            document = None if raw is None else self._document(name, raw)
+            if document is not None:
+                yield name[len(self.prefix):], document
 
 
 _REDIS_RETRIES = 100   # optimistic transactions: attempts before giving up on a key that keeps changing
@@ -1702,10 +1740,7 @@ class RedisStore(_RedisFormat):
         sessions: dict[str, Document] = {}
         for start in range(0, len(keys), 100):
             batch = keys[start:start + 100]
-            for key, raw in zip(batch, self.client.mget(batch)):
-                document = None if raw is None else self._document(str(key), raw)
-                if document is not None:
-                    sessions[self._session_id(key)] = document
+            sessions.update(self._sessions(batch, self.client.mget(batch)))
         return sessions
 
     def length(self) -> int:
@@ -1725,6 +1760,10 @@ class AsyncRedisStore(_RedisFormat):
     """
 
     _client_example = "redis.asyncio.Redis.from_url('redis://localhost:6379/0')"
+    _asynchronous = True
+    _wrong_client = ("AsyncRedisStore needs an asyncio client (redis.asyncio.Redis); this one is sync "
+                     "(redis.Redis): use RedisStore(client), or redis.asyncio.Redis.from_url(...)")
+    _sync_twin = "RedisStore"
 
     async def aget(self, sid: str) -> Any:
         key = self._key(sid)
@@ -1780,10 +1819,7 @@ class AsyncRedisStore(_RedisFormat):
         sessions: dict[str, Document] = {}
         for start in range(0, len(keys), 100):
             batch = keys[start:start + 100]
-            for key, raw in zip(batch, await self.client.mget(batch)):
-                document = None if raw is None else self._document(str(key), raw)
-                if document is not None:
-                    sessions[self._session_id(key)] = document
+            sessions.update(self._sessions(batch, await self.client.mget(batch)))
         return sessions
 
     async def length(self) -> int:
@@ -1808,6 +1844,7 @@ _OPTION_NAMES = ("secret", "name", "cookie", "store", "resave", "save_uninitiali
                  "genid", "proxy", "login_key", "now", "saveUninitialized")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")       # RFC 6265 cookie-name
 _MAX_COOKIE_CHARS = 4096
+_MIN_SECRET_BYTES = 32   # a shorter secret is warned about
 _MAX_VERIFIED = 4096   # remembered session cookie values, per middleware
 
 
@@ -1842,6 +1879,7 @@ class _CookieOptions:
         "priority",
         "same_site",
         "secure",
+        "traps",
     )
 
     def __init__(self, raw: Any, source: str = "cookie") -> None:
@@ -1901,6 +1939,18 @@ class _CookieOptions:
         priority = given.get("priority")
         self.priority = None if priority is None else _choice(priority, f"{source} priority",
                                                                _PRIORITY_VALUES)
+        # Settings that work but are most likely mistakes: warned about, never refused (a
+        # config copied from a Node app must keep working).
+        traps = []
+        max_age = given.get("max_age")
+        if isinstance(max_age, (int, float)) and not isinstance(max_age, bool) and 0 < max_age < 60_000:
+            traps.append(f"{source} max_age={max_age!r} is in milliseconds, as in express-session: "
+                         f"{max_age / 1000:g} seconds. Did you mean seconds? Write max_age={max_age!r} * 1000 or "
+                         f"datetime.timedelta(seconds={max_age!r})")
+        if same_site == "none" and secure is False:
+            traps.append(f"{source} same_site='none' without secure: browsers drop a SameSite=None cookie "
+                         "that is not Secure; set secure=True (or 'auto')")
+        self.traps = tuple(traps)
 
     def new_cookie(self, secure_request: bool, now: Clock) -> SessionCookie:
         """A new session's cookie; "auto" settings follow whether this request is secure."""
@@ -2028,11 +2078,29 @@ class _SessionConfig:
                             f"'_user_id') or None, not {login_key!r}")
         self.login_key = login_key
         self._verified: dict[str, tuple[str | None, int, str]] = {}
+        self._warned: set[str] = set()
+        shortest = min(len(key) for key in self._keys)
+        if shortest < _MIN_SECRET_BYTES:
+            self.warn_once("secret", f"{adapter}: a secret of {shortest} bytes is short: under "
+                                     f"{_MIN_SECRET_BYTES} bytes (such as 'keyboard cat') one cookie is enough for an "
+                                     "offline search to find it, and then anyone can sign session IDs. Use "
+                                     "secrets.token_hex(32), read from the environment")
+        for trap in self._cookie_options.traps:
+            self.warn_once(trap, f"{adapter}: {trap}")
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Log a warning about a likely mistake, once per adapter."""
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("bunway_session: %s", message)
 
     def _options_from_callable(self, carrier: Mapping[str, Any]) -> _CookieOptions:
         """A request's cookie options when the `cookie` option is a callable of the request."""
         assert self._cookie_factory is not None
-        return _CookieOptions(self._cookie_factory(carrier), f"cookie({self._carrier})")
+        options = _CookieOptions(self._cookie_factory(carrier), f"cookie({self._carrier})")
+        for trap in options.traps:
+            self.warn_once(trap, f"{type(self).__name__}: {trap}")
+        return options
 
     def _cookie_scope(self) -> tuple[Any, ...]:
         """What decides which cookies this adapter accepts: its secrets, cookie name, path, domain."""
@@ -2142,7 +2210,9 @@ class _StoreCalls:
                 self.twins[method] = twin
             if method in ("get", "set", "destroy") and method not in self.sync and method not in self.twins:
                 needed = "get, set and destroy" + (" (or aget, aset and adestroy)" if asynchronous else "")
-                hint = ("; a store with only async methods serves ASGISessionMiddleware"
+                twin_store = getattr(store, "_sync_twin", None)
+                hint = ("; a store with only async methods serves ASGISessionMiddleware and QuartSessionInterface"
+                        + (f": under WSGI use {twin_store}" if twin_store else "")
                         if not asynchronous and callable(twin) else "")
                 raise TypeError(f"store must have {needed} methods; {type(store).__name__} has no "
                                 f"{method}(){hint}")
@@ -2228,13 +2298,12 @@ class _Lifecycle:
         if document is not None:
             stored_cookie = document.pop("cookie", None)
             document.pop("__lastAccess", None)  # another store's bookkeeping, not session data
-            if stored_cookie.__class__ is not dict:
-                cookie: SessionCookie | None = self.new_cookie()
-            else:
+            cookie: SessionCookie | None = None    # (no cookie object: no session, section 10)
+            if stored_cookie.__class__ is dict:
                 try:
                     cookie = SessionCookie.from_dict(stored_cookie, self.config._now)
                 except ValueError:  # an unusable stored cookie: a new session instead
-                    cookie = None
+                    pass
             if cookie is not None:
                 session = self.config._session_class(document, self.cookie_id, cookie, False, self)
         if session is None:
@@ -2302,7 +2371,12 @@ class _Lifecycle:
 
     def may_send_cookie(self, cookie: SessionCookie) -> bool:
         # A Secure cookie never goes out over plain http.
-        return not cookie.secure or self.secure
+        if not cookie.secure or self.secure:
+            return True
+        self.config.warn_once("insecure request", "a Secure session cookie was not sent: the request came over "
+                              "plain http. Behind a proxy that terminates TLS, pass proxy=True so that its "
+                              "X-Forwarded-Proto: https counts (and have the proxy set it)")
+        return False
 
     # -- the step functions ------------------------------------------------------
 
@@ -2607,6 +2681,12 @@ class SessionMiddleware(_SessionConfig):
         response = _Response(lifecycle, start_response)
         # If the app raises, nothing is committed: its half-made changes are dropped.
         body = self.app(environ, response.start_response)
+        if body.__class__ is not list and inspect.isawaitable(body):
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()   # (a coroutine never awaited)
+            raise TypeError("the app returned an awaitable: it is an ASGI (async) application. Wrap it in "
+                            "ASGISessionMiddleware, not SessionMiddleware")
         return response.wrap(body, environ)
 
 

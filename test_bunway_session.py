@@ -67,7 +67,11 @@ def unavailable(reason: str) -> NoReturn:
     raise unittest.SkipTest(reason)
 
 
-SECRET = "keyboard cat"
+LONG_SECRET = "a test secret that is longer than thirty-two bytes"
+SECRET = "keyboard cat"   # express-session's own example (pinned fixtures use it): short, so warned about
+# Warnings about likely mistakes (such as that secret) are checked with assertLogs; elsewhere
+# they are not printed.
+logging.getLogger("bunway_session").addHandler(logging.NullHandler())
 UTC = timezone(timedelta(0))  # datetime.UTC is Python 3.11+
 T0 = 1_795_725_516.873   # 2026-11-26T20:38:36.873Z, the moment of the express-session probe below
 
@@ -498,7 +502,7 @@ class TestPublicNames(unittest.TestCase):
                 [sys.executable, os.path.abspath(bs.__file__), "--port", "0", "--store", "file",
                  "--path", os.path.join(folder, "sessions")],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                env={**os.environ, "SESSION_SECRET": "demo secret"})
+                env={**os.environ, "SESSION_SECRET": "a demo secret of more than thirty-two bytes"})
             try:
                 banner = read_line(process.stdout, 30)
                 url = banner.split(" on ", 1)[1].split()[0] if " on http" in banner else ""
@@ -546,6 +550,35 @@ class TestPublicNames(unittest.TestCase):
 # ---------------------------------------------------------------------------
 # §2 The wrapper and its options
 # ---------------------------------------------------------------------------
+
+def errors_as_another_user(call: Callable[[], Any]) -> list[str]:
+    """The error messages of call(): here, or, when the tests run as root (who may write
+    anywhere), in a forked child that has become the user "nobody" first."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        try:
+            call()
+        except OSError as error:
+            return [str(error)]
+        return []
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no return from here
+        message = b""
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            call()
+        except OSError as error:
+            message = str(error).encode()
+        finally:
+            os.write(writing, message)
+            os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as pipe:
+        message = pipe.read()
+    os.waitpid(pid, 0)
+    return [message.decode()] if message else []
+
 
 class TestOptions(unittest.TestCase):
     def test_defaults_match_express_session(self) -> None:
@@ -611,6 +644,124 @@ class TestOptions(unittest.TestCase):
                 SessionMiddleware(app, **options)
         with self.assertRaisesRegex(TypeError, "app must be a WSGI application"):
             SessionMiddleware(None, secret="s")  # type: ignore[arg-type]
+
+    def test_no_secret_says_how_to_make_one(self) -> None:
+        with self.assertRaisesRegex(TypeError, r"secret=os.environ\['SESSION_SECRET'\].*secrets.token_hex\(32\)"):
+            SessionMiddleware(text_app(reader))
+
+    def test_a_store_class_instead_of_an_instance_is_refused(self) -> None:
+        with self.assertRaisesRegex(TypeError, r"store=MemoryStore is a class; give an instance: "
+                                               r"store=MemoryStore\(\.\.\.\)"):
+            SessionMiddleware(text_app(reader), secret=LONG_SECRET, store=MemoryStore)
+
+    def test_the_wrong_wrapper_for_the_app_is_refused_with_the_right_one_named(self) -> None:
+        async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+            pass
+
+        class ASGIApp:
+            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                pass
+        for app in (asgi_app, ASGIApp(), lambda scope, receive, send: None):
+            with self.subTest(app=app), self.assertRaisesRegex(TypeError, "wrap it in ASGISessionMiddleware, "
+                                                                         "not SessionMiddleware"):
+                SessionMiddleware(app, secret=LONG_SECRET)
+        for app in (text_app(reader), lambda environ, start_response: []):
+            with self.subTest(app=app), self.assertRaisesRegex(TypeError, "wrap it in SessionMiddleware, "
+                                                                         "not ASGISessionMiddleware"):
+                ASGISessionMiddleware(app, secret=LONG_SECRET)
+        # What cannot be told when the wrapper is built fails its first call, naming the other one.
+        sneaky = SessionMiddleware(lambda *arguments: asgi_app(*arguments, None), secret=LONG_SECRET)
+        with self.assertRaisesRegex(TypeError, "the app returned an awaitable: it is an ASGI.*ASGISessionMiddleware"):
+            Client(sneaky, validate=False).request()
+
+    def test_the_flask_app_itself_is_refused_with_the_session_interface_named(self) -> None:
+        flask = optional("flask")
+        with self.assertRaisesRegex(TypeError, r"given the Flask app itself.*app\.session_interface = "
+                                               r"FlaskSessionInterface"):
+            SessionMiddleware(flask.Flask(__name__), secret=LONG_SECRET)
+        SessionMiddleware(flask.Flask(__name__).wsgi_app, secret=LONG_SECRET)   # what is meant
+
+    def test_a_redis_client_of_the_wrong_kind_is_refused_when_the_store_is_built(self) -> None:
+        class SyncClient:
+            def get(self, key: str) -> None:
+                return None
+
+        class AsyncClient:
+            async def execute_command(self, *arguments: Any) -> None:
+                return None
+        with self.assertRaisesRegex(TypeError, r"RedisStore needs a sync client.*use AsyncRedisStore\(client\)"):
+            RedisStore(AsyncClient())
+        with self.assertRaisesRegex(TypeError, r"AsyncRedisStore needs an asyncio client.*use RedisStore\(client\)"):
+            bs.AsyncRedisStore(SyncClient())
+        with self.assertRaisesRegex(TypeError, "QuartSessionInterface: under WSGI use RedisStore"):
+            SessionMiddleware(text_app(reader), secret=LONG_SECRET, store=bs.AsyncRedisStore(AsyncClient()))
+
+    def test_real_redis_clients_of_the_wrong_kind_are_refused(self) -> None:
+        redis = optional("redis")
+        asyncio_redis = optional("redis.asyncio")
+        with self.assertRaisesRegex(TypeError, "use AsyncRedisStore"):
+            RedisStore(asyncio_redis.Redis())
+        with self.assertRaisesRegex(TypeError, "use RedisStore"):
+            bs.AsyncRedisStore(redis.Redis())
+
+    def test_file_store_paths_it_cannot_use_are_refused_when_it_is_built(self) -> None:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        a_file = os.path.join(folder, "sessions")
+        with open(a_file, "w", encoding="utf-8"):
+            pass
+        with self.assertRaisesRegex(NotADirectoryError, r"FileStore path .*sessions' is a file, not a folder"):
+            FileStore(a_file)
+        # A folder this process cannot write (as root, tried in a child that is another user).
+        locked = os.path.join(folder, "locked")
+        os.mkdir(locked, 0o500)
+        os.chmod(folder, 0o755)
+        errors = errors_as_another_user(lambda: [FileStore(locked, shared_folder=shared) for shared in (True, False)])
+        self.assertEqual(len(errors), 1, errors)
+        self.assertRegex(errors[0], r"FileStore cannot write in its folder .*locked'.*chown")
+
+    def test_likely_mistakes_are_warned_about_once_per_wrapper_and_still_work(self) -> None:
+        def warnings(**options: Any) -> list[str]:
+            with self.assertLogs("bunway_session", "WARNING") as logs:
+                app = wsgi(text_app(counter), **options)
+                client = Client(app)
+                client.request()
+                client.request()
+                bs.log.warning("end")
+            return logs.output[:-1]
+        self.assertEqual(warnings(secret=LONG_SECRET), [])
+        short = warnings(secret="keyboard cat")
+        self.assertEqual(len(short), 1)
+        self.assertRegex(short[0], r"a secret of 12 bytes is short.*secrets.token_hex\(32\)")
+        self.assertEqual(len(warnings(secret=["keyboard cat", LONG_SECRET])), 1, "an old secret counts too")
+        node_config = warnings(secret=LONG_SECRET, cookie={"maxAge": 3600})
+        self.assertEqual(len(node_config), 1)
+        self.assertIn("max_age=3600 is in milliseconds, as in express-session: 3.6 seconds. Did you mean seconds?",
+                      node_config[0])
+        self.assertEqual(warnings(secret=LONG_SECRET, cookie={"max_age": timedelta(seconds=30)}), [])
+        self.assertEqual(warnings(secret=LONG_SECRET, cookie={"maxAge": 3_600_000}), [])
+        none = warnings(secret=LONG_SECRET, cookie={"same_site": "none"})
+        self.assertEqual(len(none), 1)
+        self.assertIn("same_site='none' without secure: browsers drop", none[0])
+        self.assertEqual(warnings(secret=LONG_SECRET, cookie={"same_site": "none", "secure": "auto"}), [])
+        plain_http = warnings(secret=LONG_SECRET, cookie={"secure": True})   # two requests over http
+        self.assertEqual(len(plain_http), 1)
+        self.assertIn("a Secure session cookie was not sent: the request came over plain http. Behind a proxy "
+                      "that terminates TLS, pass proxy=True", plain_http[0])
+        callable_cookie = warnings(secret=LONG_SECRET, cookie=lambda environ: {"max_age": 10})
+        self.assertEqual(len(callable_cookie), 1, "a callable's options: once per wrapper, not per request")
+
+    def test_the_default_store_is_shared_only_between_wrappers_that_accept_each_others_cookies(self) -> None:
+        public = Client(SessionMiddleware(text_app(counter), secret=LONG_SECRET))
+        public.request()
+        twin = Client(SessionMiddleware(text_app(counter), secret=LONG_SECRET))   # a per-route copy (Litestar)
+        twin.cookies = dict(public.cookies)
+        self.assertEqual(twin.request().body, b"2", "wrappers that would accept each other's cookies share one")
+        admin = Client(SessionMiddleware(text_app(counter), secret=LONG_SECRET, cookie={"path": "/admin"}))
+        self.assertEqual(admin.request("/admin/", cookie=jar_header(public)).body, b"1",
+                         "an app with its own cookie path must not load the public app's sessions")
+        other_name = Client(SessionMiddleware(text_app(counter), secret=LONG_SECRET, name="admin.sid"))
+        self.assertEqual(other_name.request(cookie="admin.sid=" + public.cookies["connect.sid"]).body, b"1")
 
     def test_secret_may_be_bytes_or_a_list(self) -> None:
         for secret in (b"raw bytes", ["new", "old"], ("new",)):
@@ -876,6 +1027,21 @@ class EitherWrapper:
 
 class LifecycleRules(EitherWrapper):
     """The rules of SPEC section 4, proven for each wrapper."""
+
+    def test_an_id_only_read_under_save_uninitialized_false_is_neither_stored_nor_sent(self) -> None:
+        ids: list[str] = []
+        response = self.client(lambda s, e: ids.append(s.id) or "read", save_uninitialized=False).request()
+        self.assertEqual(len(ids), 1)
+        self.assertIsNone(response.session_cookie())
+        self.assertIsNone(self.store.inner.get(ids[0]))
+        self.assertEqual(self.store.kinds(), [])
+
+    def test_a_stored_document_without_a_cookie_object_is_no_session(self) -> None:
+        cookie = "connect.sid=" + SessionMiddleware(text_app(counter), secret=SECRET).cookie_value("plain")
+        self.store.get = lambda sid: {"views": 5} if sid == "plain" else None   # type: ignore[method-assign]
+        response = self.client(counter).request(cookie=cookie)
+        self.assertEqual(response.body, b"1", "a document without its cookie object is not loaded")
+        self.assertNotEqual(sid_of(response.session_cookie()), "plain")
 
     def test_new_session_is_saved_and_cookie_set_by_default(self) -> None:
         response = self.client(reader).request()
@@ -1252,9 +1418,9 @@ class TestWSGIResponse(unittest.TestCase):
         logger.addHandler(handler)
         try:
             with tempfile.TemporaryDirectory() as folder:
-                Client(wsgi(text_app(counter), store=FileStore(folder))).request(
+                Client(wsgi(text_app(counter), store=FileStore(folder), secret=LONG_SECRET)).request(
                     environ={"wsgi.multiprocess": True})
-            Client(wsgi(text_app(counter))).request()
+            Client(wsgi(text_app(counter), secret=LONG_SECRET)).request()
         finally:
             logger.removeHandler(handler)
         self.assertEqual(records, [])
@@ -1864,6 +2030,18 @@ class TestASGI(AsyncTestCase):
         self.assertEqual(sid_of(response.session_cookie()), "scope-made-id")
         self.assertIn("; Domain=testserver; ", response.session_cookie())
         self.assertEqual(seen, ["http"])
+
+    async def test_several_cookie_headers_are_read_as_one(self) -> None:
+        _, cookie, sid = await self.started_session()
+        seen: list[str] = []
+        app = self.middleware(asgi_text_app(lambda s, e: seen.append(s.id) or "ok"))
+        headers = [(b"cookie", f"other{n}=x".encode()) for n in range(1000)] + [(b"cookie", cookie.encode())]
+        scope = http_scope()
+        scope["headers"] = headers
+        await app(scope, no_body, RecordingSend())
+        self.assertEqual(seen, [sid])
+        self.assertEqual(bs._scope_cookie_header({"headers": [(b"cookie", b"a=1"), (b"x", b"y"), (b"cookie", b"b=2")]}),
+                         "a=1; b=2")
 
     async def test_regenerate_and_destroy_delete_the_old_id_at_once(self) -> None:
         _, cookie, sid = await self.started_session()
@@ -2695,6 +2873,33 @@ class TestMemoryStore(unittest.TestCase):
         self.assertIsNotNone(store.get("b"))
         clock.advance(86_400_000)  # a browser-session cookie's session lives `ttl` after its last write
         self.assertIsNone(store.get("b"))
+
+    def test_pruning_drops_a_session_only_once_its_current_deadline_passed(self) -> None:
+        clock = Clock()
+        store = MemoryStore(now=clock)
+        now = int(clock() * 1000)
+        store.set("touched", document_expiring_at(now + 1000))
+        store.set("saved", document_expiring_at(now + 1000))
+        store.touch("touched", document_expiring_at(now + 5000))
+        store.update("saved", {"v": 1}, [], document_expiring_at(now + 5000)["cookie"])
+        clock.advance(2000)                               # both first deadlines have passed
+        store.set("newcomer", document_expiring_at(now + 60_000))   # a write prunes what is due
+        store._prune(int(clock() * 1000))                 # and so does a full prune
+        self.assertEqual(sorted(store._entries), ["newcomer", "saved", "touched"])
+        self.assertEqual(store.get("saved")["v"], 1)
+        clock.advance(3000)
+        store.set("another", document_expiring_at(now + 60_000))
+        self.assertEqual(sorted(store._entries), ["another", "newcomer"])
+
+    def test_update_of_an_expired_session_is_false_and_writes_nothing(self) -> None:
+        clock = Clock()
+        store = MemoryStore(now=clock)
+        now = int(clock() * 1000)
+        store.set("a", document_expiring_at(now + 1000, v=1))
+        clock.advance(1000)
+        self.assertFalse(store.update("a", {"v": 2}, [], document_expiring_at(now + 90_000)["cookie"]))
+        self.assertIsNone(store.get("a"))
+        self.assertNotIn("a", store._entries)
 
     def test_touch_extends_without_writing_data(self) -> None:
         clock = Clock()
@@ -3713,6 +3918,18 @@ class TestRedisStore(RedisTestCase):
                        "httpOnly": True, "path": "/", "sameSite": "lax"}, "views": 1}))
         self.assertTrue(3_599_000 < self.redis.pttl(key) <= 3_601_000, self.redis.pttl(key))  # 3601 s: rounded up
 
+    def test_a_value_without_a_cookie_object_or_a_key_that_is_not_utf8_is_no_session(self) -> None:
+        now_ms = int(self.clock() * 1000)
+        self.redis.set(self.prefix + "nocookie", json.dumps({"views": 1}))
+        self.redis.set(self.prefix + "live", bs._dumps(document_expiring_at(now_ms + 60_000, views=2)))
+        self.redis.set(self.prefix.encode() + b"\xff\xfe", bs._dumps(document_expiring_at(now_ms + 60_000)))
+        with self.assertLogs("bunway_session", "WARNING"):
+            self.assertIsNone(self.store.get("nocookie"))
+            self.assertEqual(list(self.store.all()), ["live"])
+        client = Client(wsgi(text_app(counter), store=self.store, now=self.clock))
+        self.assertEqual(client.request(cookie="connect.sid=" + SessionMiddleware(
+            text_app(counter), secret=SECRET).cookie_value("nocookie")).body, b"1", "no session: a new one")
+
     def test_ttl_is_rounded_up_to_whole_seconds_as_connect_redis_does(self) -> None:
         recording = TTLRecordingClient(self.redis)
         store = RedisStore(recording, prefix=self.prefix, now=self.clock)
@@ -4010,8 +4227,8 @@ class TestAsyncRedisStore(AsyncRedisTestCase):
     async def test_a_value_that_is_not_a_session_is_no_session(self) -> None:
         await self.aredis.set(self.prefix + "junk", "[" * 100_000 + "]" * 100_000)
         with self.assertLogs("bunway_session", logging.WARNING) as logs:
-            response = await ASGIClient(asgi(asgi_text_app(counter), store=self.store)).arequest(
-                cookie="connect.sid=" + urllib.parse.quote("s:" + sign("junk", SECRET)))
+            response = await ASGIClient(asgi(asgi_text_app(counter), store=self.store, secret=LONG_SECRET)).arequest(
+                cookie="connect.sid=" + urllib.parse.quote("s:" + sign("junk", LONG_SECRET)))
         self.assertIn("does not hold a session document", logs.output[0])
         self.assertEqual((response.code, response.body), (200, b"1"))
         self.assertEqual(await self.aredis.get(self.prefix + "junk"), ("[" * 100_000 + "]" * 100_000).encode())
@@ -4427,12 +4644,15 @@ class AsyncConcurrencyContract:
 
     async def test_a_websocket_keeps_what_http_did_meanwhile(self) -> None:
         app, cookie, sid = await self.started()
-        sockets = asgi(http_and_websocket_app(saving), **asgi_options(app))
+        clock = Clock(time.time() + 60)   # HTTP's new expiry differs from the one the websocket loaded
+        sockets = asgi(http_and_websocket_app(saving), **asgi_options(app), now=clock)
         async with WebSocket(sockets, cookie) as socket:
             await socket.say("set typing true")
             await socket.say("set views 100")   # an old copy's key, changed here too
-            await self.request_b(app, cookie, lambda s, e: s.update(cart=["book"], views=2))
+            await ASGIClient(ASGISessionMiddleware(asgi_text_app(lambda s, e: s.update(cart=["book"], views=2)),
+                                                   **asgi_options(app), now=clock)).arequest(cookie=cookie)
             after_http = await self.stored(sid) or {}
+            clock.advance(5000)
         stored = await self.stored(sid) or {}
         self.assertEqual((stored["typing"], stored["cart"], stored["views"]), (True, ["book"], 100))
         self.assertEqual(stored["cookie"], after_http["cookie"])   # the expiry HTTP set stays
@@ -4533,8 +4753,6 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------------------
 # §11 The frameworks' own sessions: Flask (+ Flask-Login), Quart, Django
 # ---------------------------------------------------------------------------
-
-LONG_SECRET = "a test secret that is longer than thirty-two bytes"
 
 
 class Paused:
