@@ -1,7 +1,18 @@
 PYTHON ?= python3
 CACHE := .cache
 
-.PHONY: test test-all timeshift demo lint bench bench-instructions interop examples
+.PHONY: help test test-all timeshift demo lint bench bench-instructions interop examples
+
+help:   # the targets, with what each does
+	@echo "make test                the tests (python -m unittest); optional components skip without them"
+	@echo "make test-all            the tests on every Python 3.9-3.13"
+	@echo "make timeshift           the tests with the clock moved by -1, +1 and +10 years"
+	@echo "make lint                ruff and mypy --strict (installed into .cache/lint)"
+	@echo "make demo                the demo on http://127.0.0.1:8000 (python bunway_session.py --port N)"
+	@echo "make bench               the benchmark (bench/README.md); BENCH_STRICT=1 fails on a missed target"
+	@echo "make bench-instructions  the same workloads in instructions per request (valgrind)"
+	@echo "make interop             express-session and bunway_session side by side (needs node, npm)"
+	@echo "make examples            the example apps under real servers, walked through login and logout"
 
 # The README's test command.
 test:
@@ -56,8 +67,8 @@ interop/node_modules/.installed: interop/package.json
 	cd interop && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The example apps (Starlette, FastAPI, Quart, Litestar, Django) under a real uvicorn, each
-# walked through login, a protected page and logout; an example whose framework is missing
-# is skipped. .ci/run gives it a Python with all of them.
+# The example apps (Starlette, FastAPI, Litestar, Flask + Flask-Login, Quart, a Django project)
+# under real servers, each walked through login, a protected page and logout; an example whose
+# framework is missing is skipped. .ci/run gives it a Python with all of them.
 examples:
 	$(PYTHON) examples/run_examples.py

