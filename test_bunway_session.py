@@ -5455,7 +5455,7 @@ class TestReadme(unittest.TestCase):
     def test_every_python_snippet_runs_as_pasted(self) -> None:
         root = os.path.dirname(os.path.abspath(bs.__file__))
         with open(os.path.join(root, "README.md"), encoding="utf-8") as file:
-            snippets = re.findall(r"^```python\n(.*?)^```", file.read(), re.M | re.S)
+            snippets = re.findall(r"^```python\n(.*?)^```", file.read(), re.MULTILINE | re.DOTALL)
         self.assertGreaterEqual(len(snippets), 8)
         skipped: list[str] = []
         for number, snippet in enumerate(snippets, 1):
