@@ -699,8 +699,10 @@ class TestOptions(unittest.TestCase):
     def test_real_redis_clients_of_the_wrong_kind_are_refused(self) -> None:
         redis = optional("redis")
         asyncio_redis = optional("redis.asyncio")
+        async def asyncio_client() -> Any:   # (Python 3.9's asyncio wants a running loop for it)
+            return asyncio_redis.Redis()
         with self.assertRaisesRegex(TypeError, "use AsyncRedisStore"):
-            RedisStore(asyncio_redis.Redis())
+            RedisStore(asyncio.run(asyncio_client()))
         with self.assertRaisesRegex(TypeError, "use RedisStore"):
             bs.AsyncRedisStore(redis.Redis())
 
@@ -4043,8 +4045,9 @@ class TestRedisStore(RedisTestCase):
                 handler.emit = lambda record, logs=logs: logs.append(record.getMessage())  # type: ignore[method-assign,misc]
                 logging.getLogger("bunway_session").addHandler(handler)
                 try:
-                    response = Client(wsgi(text_app(lambda s, e: sorted(s)), store=self.store)).request(
-                        cookie="connect.sid=" + urllib.parse.quote("s:" + sign(name, SECRET)))
+                    response = Client(wsgi(text_app(lambda s, e: sorted(s)), store=self.store,
+                                           secret=LONG_SECRET)).request(
+                        cookie="connect.sid=" + urllib.parse.quote("s:" + sign(name, LONG_SECRET)))
                 finally:
                     logging.getLogger("bunway_session").removeHandler(handler)
                 self.assertEqual(response.code, 200)
