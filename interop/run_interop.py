@@ -35,7 +35,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 import bunway_session as bs
 
-SECRETS = "new secret,old secret"
+NEW_SECRET = "the-new-interop-secret-of-more-than-32-bytes"
+OLD_SECRET = "the-old-interop-secret-of-more-than-32-bytes"
+SECRETS = NEW_SECRET + "," + OLD_SECRET
 REQUIRE_ALL = os.environ.get("BUNWAY_REQUIRE_ALL") == "1"
 
 
@@ -171,7 +173,7 @@ def destroy_on_one_side(node: Side, python: Side, old_node: Side, store: Any) ->
 def old_secret_still_verifies(node: Side, python: Side, old_node: Side, store: Any) -> None:
     body, set_cookie = old_node.call("GET", "/count")
     cookie, sid = pair_of_cookie(set_cookie), body["id"]
-    assert cookie == "connect.sid=" + bs._encode_uri_component("s:" + bs.sign(sid, "old secret"))
+    assert cookie == "connect.sid=" + bs._encode_uri_component("s:" + bs.sign(sid, OLD_SECRET))
     body, _ = python.call("GET", "/count", cookie=cookie)
     assert (body["id"], body["views"]) == (sid, 2), body
     body, _ = node.call("GET", "/count", cookie=cookie)
@@ -323,7 +325,7 @@ def start_sides(store: dict[str, str], python_app: str) -> list[Side]:
     try:
         sides.append(Side("node", node_cmd, {**env, "SECRET": SECRETS}))
         sides.append(Side(f"python ({python_app})", python_cmd, {**env, "SECRET": SECRETS}))
-        sides.append(Side("node (old secret)", node_cmd, {**env, "SECRET": "old secret"}))
+        sides.append(Side("node (old secret)", node_cmd, {**env, "SECRET": OLD_SECRET}))
     except BaseException:
         for side in sides:
             side.stop()
