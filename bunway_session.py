@@ -69,12 +69,15 @@ except ImportError:  # pragma: no cover - Windows
 
 __all__ = [
     "ASGISessionMiddleware",
+    "AsyncPostgresStore",
     "AsyncRedisStore",
     "FileStore",
     "FlaskSessionInterface",
     "MemoryStore",
+    "PostgresStore",
     "QuartSessionInterface",
     "RedisStore",
+    "SQLiteStore",
     "Session",
     "SessionCookie",
     "SessionMiddleware",
@@ -825,7 +828,8 @@ def _document(cookie: SessionCookie, data: Mapping[str, Any]) -> Document:
 
 
 # ---------------------------------------------------------------------------
-# Stores: the protocol, expiry shared by all, MemoryStore, FileStore, RedisStore, AsyncRedisStore
+# Stores: the protocol, expiry shared by all, MemoryStore, FileStore, RedisStore, AsyncRedisStore,
+# SQLiteStore, PostgresStore, AsyncPostgresStore
 # ---------------------------------------------------------------------------
 
 @runtime_checkable
@@ -868,6 +872,24 @@ def _check_ttl(ttl: Any, option: str = "ttl") -> int:
     if ms is None or ms <= 0:
         raise ValueError(f"{option} must be a positive number of milliseconds, not {ttl!r}")
     return ms
+
+
+def _check_touch_after(touch_after: Any) -> int | None:
+    if touch_after is not None and (isinstance(touch_after, bool) or not isinstance(touch_after, int)
+                                    or touch_after < 0):
+        raise ValueError(f"touch_after must be None or milliseconds >= 0, not {touch_after!r}")
+    return touch_after
+
+
+def _touch_tolerance(touch_after: int | None, cookie: Any, ttl: int) -> int:
+    """How little a touch may move a stored expiry without a write (the stores that write
+    to move it: files, SQL): `touch_after`, by default 1% of the session's max age (or ttl)."""
+    if touch_after is not None:
+        return touch_after
+    lifetime = cookie.get("originalMaxAge") if isinstance(cookie, dict) else None
+    if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
+        lifetime = ttl
+    return int(lifetime) // 100
 
 
 def _apply_changes(document: Document, changes: Mapping[str, Any], deleted: Iterable[str]) -> None:
@@ -1156,10 +1178,7 @@ class FileStore:
         self.path = os.fspath(path)
         self.ttl = _check_ttl(ttl)
         self.fsync = bool(fsync)
-        if touch_after is not None and (isinstance(touch_after, bool) or not isinstance(touch_after, int)
-                                        or touch_after < 0):
-            raise ValueError(f"touch_after must be None or milliseconds >= 0, not {touch_after!r}")
-        self.touch_after = touch_after
+        self.touch_after = _check_touch_after(touch_after)
         self.reap_interval = _check_ttl(reap_interval, "reap_interval")
         self._now = now
         self.shared_folder = _require_bool(shared_folder, "shared_folder")
@@ -1327,14 +1346,6 @@ class FileStore:
             return None
         return document
 
-    def _touch_tolerance(self, cookie: Any) -> int:
-        if self.touch_after is not None:
-            return self.touch_after
-        lifetime = cookie.get("originalMaxAge") if isinstance(cookie, dict) else None
-        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
-            lifetime = self.ttl
-        return int(lifetime) // 100
-
     def touch(self, sid: str, session: Document) -> bool:
         """Move the session's expiry (cookie and `__lastAccess`) without touching its data.
 
@@ -1353,7 +1364,7 @@ class FileStore:
             written_ms = os.stat(self._file(sid)).st_mtime * 1000
         except FileNotFoundError:
             return None
-        return now_ms - written_ms >= self._touch_tolerance(session.get("cookie"))
+        return now_ms - written_ms >= _touch_tolerance(self.touch_after, session.get("cookie"), self.ttl)
 
     def _rewrite_cookie(self, sid: str, session: Document, now_ms: int) -> bool:
         with self._locked(sid):
@@ -1830,6 +1841,457 @@ class AsyncRedisStore(_RedisFormat):
         for start in range(0, len(keys), 100):
             await self.client.delete(*keys[start:start + 100])
 
+
+# SQL stores. Each operation is written once, as steps that yield statements (sql, parameters,
+# what to return: "one" row, "all" rows, or the "count" of rows changed) and receive their
+# results; a driver runs them on a connection: sqlite3's, a psycopg pool's, or awaited on an
+# async pool's. So SQLiteStore, PostgresStore and AsyncPostgresStore differ in their SQL text
+# and their I/O lines only, and share the expiry rule, the merge and what counts as a session.
+
+if TYPE_CHECKING:
+    Statement: TypeAlias = tuple[str, tuple[Any, ...], str]
+    SQLSteps: TypeAlias = Generator[Statement, Any, Any]
+
+_SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_PRUNE_BATCH = 100             # expired rows deleted a write, at most
+_PRUNE_INTERVAL_MS = 60_000    # between prunes, unless the last one found a full batch
+_MAX_KNOWN_EXPIRIES = 4096     # remembered stored expiries (for touch_after), per store
+
+
+def _sql_table(table: Any, store: str) -> str:
+    """`table` ("name" or "schema.name") quoted for SQL; a value that is not a plain SQL name
+    is refused, so nothing a setting holds is ever formatted into a statement unchecked."""
+    parts = table.split(".") if isinstance(table, str) else []
+    if not 1 <= len(parts) <= 2 or not all(_SQL_NAME.fullmatch(part) for part in parts):
+        raise ValueError(f"{store} table must be a plain SQL name (letters, digits, _; at most 63 each), "
+                         f"or schema.name, not {table!r}")
+    return ".".join(f'"{part}"' for part in parts)
+
+
+class _SQLStore:
+    """What the SQL stores share, without I/O: the table's name, the store's clock and ttl,
+    and each operation as steps (see above). A session's row lives until its expiry column
+    (set from cookie.expires, else now + ttl): that column, not the expires inside the JSON,
+    decides, as for connect-sqlite3 and connect-pg-simple."""
+
+    # The statements, as format strings of {table}; parameters are always bound, never formatted.
+    _SELECT = ""       # (sid, now) -> sess as text, expiry in ms or s: a live session's row
+    _LOCK = ""         # the same, for a read-modify-write in one transaction
+    _INSERT = ""       # (sid, sess, expiry): insert or replace sess and expiry, keeping other columns
+    _TOUCH = ""        # (expiry, sid, now): move a live row's expiry
+    _WRITE = ""        # (sess, expiry, sid)
+    _WRITE_SESS = ""   # (sess, sid): keep the expiry (a websocket's save)
+    _DELETE = ""       # (sid,)
+    _ALL = ""          # (now,) -> sid, sess of live rows
+    _COUNT = ""        # (now,) -> count of live rows
+    _CLEAR = ""
+    _PRUNE = ""        # (now, batch): delete up to batch expired rows
+    _store = ""
+
+    def __init__(self, table: str, ttl: int, touch_after: int | None, now: Clock) -> None:
+        self.table = table
+        quoted = _sql_table(table, type(self).__name__)
+        self._sql = {name: getattr(self, name).format(table=quoted)
+                     for name in ("_SELECT", "_LOCK", "_INSERT", "_TOUCH", "_WRITE", "_WRITE_SESS", "_DELETE",
+                                  "_ALL", "_COUNT", "_CLEAR", "_PRUNE")}
+        self._quoted = quoted
+        self.ttl = _check_ttl(ttl)
+        self.touch_after = _check_touch_after(touch_after)
+        if not callable(now):
+            raise TypeError("now must be a clock: a callable returning seconds since the epoch")
+        self._now = now
+        self._known_expiry: dict[str, int] = {}   # sid -> stored expiry (ms) as this store last saw it
+        self._prune_due = 0
+
+    # How each database writes and compares an expiry (epoch ms here).
+    @staticmethod
+    def _moment(ms: int) -> Any:
+        return ms
+
+    @staticmethod
+    def _ms(stored: Any) -> int | None:
+        return stored if stored.__class__ is int else None
+
+    def _expiry(self, document: Mapping[str, Any], now_ms: int) -> int:
+        return int(_deadline_ms(_document_expires_ms(document), now_ms, self.ttl))
+
+    def _remember(self, sid: str, expiry_ms: int | None) -> None:
+        known = self._known_expiry
+        if len(known) >= _MAX_KNOWN_EXPIRIES:
+            known.clear()
+        if expiry_ms is None:
+            known.pop(sid, None)
+        else:
+            known[sid] = expiry_ms
+
+    def _session(self, raw: Any) -> Document | None:
+        """A row's sess as a session document, or None (section 10: no error for what others wrote)."""
+        return _loads_document(raw) if isinstance(raw, (str, bytes)) else None
+
+    # -- the operations, as steps --------------------------------------------------------
+    def _get(self, sid: str) -> SQLSteps:
+        row = yield (self._sql["_SELECT"], (sid, self._moment(_now_ms(self._now))), "one")
+        document = None if row is None else self._session(row[0])
+        self._remember(sid, None if document is None else self._ms(row[1]))
+        return document
+
+    def _set(self, sid: str, session: Document) -> SQLSteps:
+        now_ms = _now_ms(self._now)
+        expiry = self._expiry(session, now_ms)
+        if expiry <= now_ms:  # already over: nothing to keep
+            yield (self._sql["_DELETE"], (sid,), "count")
+            return
+        yield (self._sql["_INSERT"], (sid, _dumps(session), self._moment(expiry)), "count")
+        self._remember(sid, expiry)
+        if now_ms >= self._prune_due:
+            pruned = yield (self._sql["_PRUNE"], (self._moment(now_ms), _PRUNE_BATCH), "count")
+            self._prune_due = now_ms + (0 if pruned >= _PRUNE_BATCH else _PRUNE_INTERVAL_MS)
+
+    def _touch(self, sid: str, session: Document) -> SQLSteps:
+        now_ms = _now_ms(self._now)
+        expiry = self._expiry(session, now_ms)
+        known = self._known_expiry.get(sid)
+        if known is not None and 0 <= expiry - known < _touch_tolerance(self.touch_after, session.get("cookie"),
+                                                                         self.ttl):
+            return True   # the stored expiry is recent enough: no write
+        changed = yield (self._sql["_TOUCH"], (self._moment(expiry), sid, self._moment(now_ms)), "count")
+        self._remember(sid, expiry if changed else None)
+        return changed > 0
+
+    def _update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
+                cookie: Document | None) -> SQLSteps:
+        """In one transaction, the row locked: merge this request's keys onto the stored copy;
+        False, writing nothing, when the session is gone (a logout elsewhere)."""
+        now_ms = _now_ms(self._now)
+        row = yield (self._sql["_LOCK"], (sid, self._moment(now_ms)), "one")
+        document = None if row is None else self._session(row[0])
+        if document is None:
+            self._remember(sid, None)
+            return False
+        if cookie is not None:
+            document["cookie"] = cookie
+        _apply_changes(document, changes, deleted)
+        if cookie is None:  # the stored cookie and expiry stay as they are
+            yield (self._sql["_WRITE_SESS"], (_dumps(document), sid), "count")
+            return True
+        expiry = self._expiry(document, now_ms)
+        if expiry <= now_ms:
+            yield (self._sql["_DELETE"], (sid,), "count")
+            self._remember(sid, None)
+            return False
+        yield (self._sql["_WRITE"], (_dumps(document), self._moment(expiry), sid), "count")
+        self._remember(sid, expiry)
+        return True
+
+    def _destroy(self, sid: str) -> SQLSteps:
+        yield (self._sql["_DELETE"], (sid,), "count")
+        self._remember(sid, None)
+
+    def _all(self) -> SQLSteps:
+        rows = yield (self._sql["_ALL"], (self._moment(_now_ms(self._now)),), "all")
+        sessions = {}
+        for sid, raw in rows:
+            document = self._session(raw)
+            if document is not None and isinstance(sid, str):
+                sessions[sid] = document
+        return sessions
+
+    def _length(self) -> SQLSteps:
+        row = yield (self._sql["_COUNT"], (self._moment(_now_ms(self._now)),), "one")
+        return int(row[0])
+
+    def _clear(self) -> SQLSteps:
+        yield (self._sql["_CLEAR"], (), "count")
+        self._known_expiry.clear()
+
+
+class SQLiteStore(_SQLStore):
+    """Sessions in a SQLite database file, in connect-sqlite3's table (`sid` primary key,
+    `expired` in epoch ms, `sess` the document as JSON text), so a Node app using
+    connect-sqlite3 on the same file shares them. For the threads and processes of one
+    machine: WAL, a busy timeout (`busy_timeout`, ms), and each read-modify-write in one
+    BEGIN IMMEDIATE transaction. The table (and an index on `expired`, for pruning) is made
+    when missing. Under ASGI its calls run on worker threads.
+    """
+
+    _SELECT = "SELECT sess, expired FROM {table} WHERE sid = ? AND expired > ?"
+    _LOCK = _SELECT
+    _INSERT = ("INSERT INTO {table} (sid, sess, expired) VALUES (?, ?, ?) "
+               "ON CONFLICT (sid) DO UPDATE SET sess = excluded.sess, expired = excluded.expired")
+    _TOUCH = "UPDATE {table} SET expired = ? WHERE sid = ? AND expired > ?"
+    _WRITE = "UPDATE {table} SET sess = ?, expired = ? WHERE sid = ?"
+    _WRITE_SESS = "UPDATE {table} SET sess = ? WHERE sid = ?"
+    _DELETE = "DELETE FROM {table} WHERE sid = ?"
+    _ALL = "SELECT sid, sess FROM {table} WHERE expired > ?"
+    _COUNT = "SELECT count(*) FROM {table} WHERE expired > ?"
+    _CLEAR = "DELETE FROM {table}"
+    _PRUNE = "DELETE FROM {table} WHERE sid IN (SELECT sid FROM {table} WHERE expired <= ? LIMIT ?)"
+
+    def __init__(self, path: str | os.PathLike[str] = "sessions.sqlite3", table: str = "sessions",
+                 ttl: int = DAY_MS, *, touch_after: int | None = None, busy_timeout: int = 10_000,
+                 now: Clock = time.time) -> None:
+        super().__init__(table, ttl, touch_after, now)
+        self.path = os.fspath(path)
+        if self.path == ":memory:" or "mode=memory" in self.path:
+            raise ValueError("SQLiteStore path must be a file: an in-memory database is one per connection, "
+                             "and each thread has its own; use MemoryStore for sessions in memory")
+        self.busy_timeout = _check_ttl(busy_timeout, "busy_timeout")
+        self._local = threading.local()
+        name = self._quoted[1:-1].replace('"."', "_")
+        try:
+            with self._connection() as connection:
+                connection.execute(f'CREATE TABLE IF NOT EXISTS {self._quoted} (sid PRIMARY KEY, expired, sess)')
+                connection.execute(f'CREATE INDEX IF NOT EXISTS "{name}_expired" ON {self._quoted} (expired)')
+                connection.execute(f"SELECT sid, expired, sess FROM {self._quoted} LIMIT 0")
+        except sqlite3_errors() as error:
+            raise type(error)(f"SQLiteStore cannot use {self.path!r} (table {table!r}): {error}. It needs a "
+                              "SQLite file it may write in a folder that exists, with connect-sqlite3's "
+                              "table (sid, expired, sess) or none") from None
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """This thread's connection (one a thread and process: sqlite3's may not be shared)."""
+        import sqlite3
+        held = getattr(self._local, "held", None)
+        if held is None or held[0] != os.getpid():
+            connection = sqlite3.connect(self.path, timeout=self.busy_timeout / 1000, isolation_level=None)
+            connection.execute("PRAGMA journal_mode = WAL")   # readers never wait for the writer
+            connection.execute("PRAGMA synchronous = NORMAL")  # (safe in WAL: a crash loses no committed data)
+            held = self._local.held = (os.getpid(), connection)
+        yield held[1]
+
+    def _run(self, steps: SQLSteps, transaction: bool = False) -> Any:
+        with self._connection() as connection:
+            if transaction:
+                connection.execute("BEGIN IMMEDIATE")  # the write lock first: no deadlock on upgrade
+            try:
+                result = _run_statements(steps, connection.execute)
+            except BaseException:
+                if transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            if transaction:
+                connection.execute("COMMIT")
+            return result
+
+    def get(self, sid: str) -> Document | None:
+        return self._run(self._get(sid))  # type: ignore[no-any-return]
+
+    def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
+        self._run(self._set(sid, session))
+
+    def touch(self, sid: str, session: Document) -> bool:
+        return bool(self._run(self._touch(sid, session)))
+
+    def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
+               cookie: Document | None, max_age: int | None = None) -> bool:
+        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
+            return self.touch(sid, {"cookie": cookie})
+        return bool(self._run(self._update(sid, changes, deleted, cookie), transaction=True))
+
+    def destroy(self, sid: str) -> None:
+        self._run(self._destroy(sid))
+
+    def all(self) -> dict[str, Document]:
+        return self._run(self._all())  # type: ignore[no-any-return]
+
+    def length(self) -> int:
+        return int(self._run(self._length()))
+
+    def clear(self) -> None:
+        self._run(self._clear())
+
+
+def sqlite3_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+    return (sqlite3.Error,)
+
+
+def _run_statements(steps: SQLSteps, execute: Callable[[str, tuple[Any, ...]], Any]) -> Any:
+    """Run SQL steps with a DB-API `execute` (sqlite3's connection, psycopg's)."""
+    try:
+        sql, parameters, want = next(steps)
+        while True:
+            cursor = execute(sql, parameters)
+            result = cursor.fetchone() if want == "one" else cursor.fetchall() if want == "all" else cursor.rowcount
+            sql, parameters, want = steps.send(result)
+    except StopIteration as end:
+        return end.value
+
+
+async def _arun_statements(steps: SQLSteps, execute: Callable[[str, tuple[Any, ...]], Awaitable[Any]]) -> Any:
+    """The same, awaited (psycopg's AsyncConnection)."""
+    try:
+        sql, parameters, want = next(steps)
+        while True:
+            cursor = await execute(sql, parameters)
+            result = (await cursor.fetchone() if want == "one" else await cursor.fetchall() if want == "all"
+                      else cursor.rowcount)
+            sql, parameters, want = steps.send(result)
+    except StopIteration as end:
+        return end.value
+
+
+class _PostgresTable(_SQLStore):
+    """What PostgresStore and AsyncPostgresStore share: connect-pg-simple's table and its way
+    with time. `expire` is written as to_timestamp() of epoch seconds rounded up and compared
+    in the database, as connect-pg-simple does, so both runtimes agree on what has expired
+    whatever the server's TimeZone, as long as their connections use the same one."""
+
+    _SELECT = ("SELECT sess::text, extract(epoch FROM expire::timestamptz) FROM {table} "
+               "WHERE sid = %s AND expire >= to_timestamp(%s)")
+    _LOCK = _SELECT + " FOR UPDATE"
+    _INSERT = ("INSERT INTO {table} (sid, sess, expire) VALUES (%s, CAST(%s AS json), to_timestamp(%s)) "
+               "ON CONFLICT (sid) DO UPDATE SET sess = excluded.sess, expire = excluded.expire")
+    _TOUCH = "UPDATE {table} SET expire = to_timestamp(%s) WHERE sid = %s AND expire >= to_timestamp(%s)"
+    _WRITE = "UPDATE {table} SET sess = CAST(%s AS json), expire = to_timestamp(%s) WHERE sid = %s"
+    _WRITE_SESS = "UPDATE {table} SET sess = CAST(%s AS json) WHERE sid = %s"
+    _DELETE = "DELETE FROM {table} WHERE sid = %s"
+    _ALL = "SELECT sid, sess::text FROM {table} WHERE expire >= to_timestamp(%s)"
+    _COUNT = "SELECT count(*) FROM {table} WHERE expire >= to_timestamp(%s)"
+    _CLEAR = "DELETE FROM {table}"
+    _PRUNE = ("DELETE FROM {table} WHERE sid IN (SELECT sid FROM {table} WHERE expire < to_timestamp(%s) "
+              "LIMIT %s FOR UPDATE SKIP LOCKED)")
+    _asynchronous = False
+    _pool_example = "psycopg_pool.ConnectionPool(conninfo, open=True)"
+
+    def __init__(self, pool: Any, table: str = "session", ttl: int = DAY_MS, create_table: bool = False, *,
+                 touch_after: int | None = None, now: Clock = time.time) -> None:
+        super().__init__(table, ttl, touch_after, now)
+        store = type(self).__name__
+        connection = getattr(pool, "connection", None)
+        if not callable(connection):
+            what = "a connection" if callable(getattr(pool, "cursor", None)) else type(pool).__name__
+            raise TypeError(f"{store} needs a connection pool, not {what}: {self._pool_example} (anything with "
+                            "its connection() context manager)")
+        asynchronous = inspect.iscoroutinefunction(getattr(pool, "getconn", None)) or \
+            inspect.isasyncgenfunction(getattr(connection, "__wrapped__", None))
+        if asynchronous != self._asynchronous:
+            raise TypeError(f"{store} was given {'an async' if asynchronous else 'a sync'} pool: use "
+                            f"{'AsyncPostgresStore' if asynchronous else 'PostgresStore'}(pool)"
+                            f"{' under ASGI or Quart' if asynchronous else ''}, or give it "
+                            f"{self._pool_example}")
+        self.pool = pool
+        self.create_table = _require_bool(create_table, "create_table")
+        name = self._quoted.rsplit(".", 1)[-1][1:-1]
+        create = (f'CREATE TABLE IF NOT EXISTS {self._quoted} ("sid" varchar NOT NULL COLLATE "default", '
+                  f'"sess" json NOT NULL, "expire" timestamp(6) NOT NULL, '
+                  f'CONSTRAINT "{name}_pkey" PRIMARY KEY ("sid"))')
+        self._ddl = (create, f'CREATE INDEX IF NOT EXISTS "IDX_{name}_expire" ON {self._quoted} ("expire")')
+        self._ready = False
+
+    @staticmethod
+    def _moment(ms: int) -> Any:
+        return -(-ms // 1000)   # whole seconds, rounded up, as connect-pg-simple writes and compares them
+
+    @staticmethod
+    def _ms(stored: Any) -> int | None:
+        return None if stored is None else int(stored) * 1000
+
+    def _setup(self) -> SQLSteps:
+        """The table: there (and connect-pg-simple's columns), or made when create_table says so."""
+        row = yield ("SELECT to_regclass(%s::text)", (self._quoted,), "one")
+        if row[0] is None:
+            if not self.create_table:
+                raise RuntimeError(f"{type(self).__name__}: the table {self.table!r} does not exist. Create it once "
+                                   f"({'; '.join(self._ddl)}), or pass create_table=True")
+            yield ("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._quoted,), "one")  # one creator at a time
+            for statement in self._ddl:
+                yield (statement, (), "count")
+        yield (f"SELECT sid, sess, expire FROM {self._quoted} LIMIT 0", (), "count")
+
+
+class PostgresStore(_PostgresTable):
+    """Sessions in PostgreSQL, in connect-pg-simple's table ("session": sid varchar primary
+    key, sess json, expire timestamp(6), index "IDX_session_expire"), so a Node app using
+    connect-pg-simple on the same table shares them. `pool` is a psycopg 3 ConnectionPool
+    (or anything with its connection() context manager); this module imports no driver.
+    Each operation is one transaction; an update locks the row (SELECT ... FOR UPDATE).
+    The table is checked (and with create_table=True made) when the store is built.
+    """
+
+    def __init__(self, pool: Any, table: str = "session", ttl: int = DAY_MS, create_table: bool = False, *,
+                 touch_after: int | None = None, now: Clock = time.time) -> None:
+        super().__init__(pool, table, ttl, create_table, touch_after=touch_after, now=now)
+        self._run(self._setup())
+        self._ready = True
+
+    def _run(self, steps: SQLSteps) -> Any:
+        with self.pool.connection() as connection:   # one transaction: committed at the end, or rolled back
+            return _run_statements(steps, connection.execute)
+
+    def get(self, sid: str) -> Document | None:
+        return self._run(self._get(sid))  # type: ignore[no-any-return]
+
+    def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
+        self._run(self._set(sid, session))
+
+    def touch(self, sid: str, session: Document) -> bool:
+        return bool(self._run(self._touch(sid, session)))
+
+    def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
+               cookie: Document | None, max_age: int | None = None) -> bool:
+        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
+            return self.touch(sid, {"cookie": cookie})
+        return bool(self._run(self._update(sid, changes, deleted, cookie)))
+
+    def destroy(self, sid: str) -> None:
+        self._run(self._destroy(sid))
+
+    def all(self) -> dict[str, Document]:
+        return self._run(self._all())  # type: ignore[no-any-return]
+
+    def length(self) -> int:
+        return int(self._run(self._length()))
+
+    def clear(self) -> None:
+        self._run(self._clear())
+
+
+class AsyncPostgresStore(_PostgresTable):
+    """PostgresStore for a psycopg 3 AsyncConnectionPool, awaited on the event loop (ASGI,
+    Quart): the same table, rows and guarantees. The table is checked (or made) at the first
+    call. Its methods are the async twins (aget, aset, adestroy, atouch, aupdate) and async
+    all(), length() and clear(); under WSGI use PostgresStore.
+    """
+
+    _asynchronous = True
+    _pool_example = "psycopg_pool.AsyncConnectionPool(conninfo, open=False), opened with await pool.open()"
+    _sync_twin = "PostgresStore"
+
+    async def _run(self, steps: SQLSteps) -> Any:
+        async with self.pool.connection() as connection:
+            if not self._ready:
+                await _arun_statements(self._setup(), connection.execute)
+                self._ready = True
+            return await _arun_statements(steps, connection.execute)
+
+    async def aget(self, sid: str) -> Document | None:
+        return await self._run(self._get(sid))  # type: ignore[no-any-return]
+
+    async def aset(self, sid: str, session: Document, max_age: int | None = None) -> None:
+        await self._run(self._set(sid, session))
+
+    async def atouch(self, sid: str, session: Document) -> bool:
+        return bool(await self._run(self._touch(sid, session)))
+
+    async def aupdate(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
+                      cookie: Document | None, max_age: int | None = None) -> bool:
+        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
+            return await self.atouch(sid, {"cookie": cookie})
+        return bool(await self._run(self._update(sid, changes, deleted, cookie)))
+
+    async def adestroy(self, sid: str) -> None:
+        await self._run(self._destroy(sid))
+
+    async def all(self) -> dict[str, Document]:
+        return await self._run(self._all())  # type: ignore[no-any-return]
+
+    async def length(self) -> int:
+        return int(await self._run(self._length()))
+
+    async def clear(self) -> None:
+        await self._run(self._clear())
 
 
 # ---------------------------------------------------------------------------
