@@ -1886,14 +1886,14 @@ class _SQLStore:
     _COUNT = ""        # (now,) -> count of live rows
     _CLEAR = ""
     _PRUNE = ""        # (now, batch): delete up to batch expired rows
-    _store = ""
+    _EXISTS = ""       # (sid, now) -> a row when the session is live
 
     def __init__(self, table: str, ttl: int, touch_after: int | None, now: Clock) -> None:
         self.table = table
         quoted = _sql_table(table, type(self).__name__)
         self._sql = {name: getattr(self, name).format(table=quoted)
                      for name in ("_SELECT", "_LOCK", "_INSERT", "_TOUCH", "_WRITE", "_WRITE_SESS", "_DELETE",
-                                  "_ALL", "_COUNT", "_CLEAR", "_PRUNE")}
+                                  "_ALL", "_COUNT", "_CLEAR", "_PRUNE", "_EXISTS")}
         self._quoted = quoted
         self.ttl = _check_ttl(ttl)
         self.touch_after = _check_touch_after(touch_after)
@@ -1942,20 +1942,23 @@ class _SQLStore:
             yield (self._sql["_DELETE"], (sid,), "count")
             return
         yield (self._sql["_INSERT"], (sid, _dumps(session), self._moment(expiry)), "count")
-        self._remember(sid, expiry)
+        self._remember(sid, self._ms(self._moment(expiry)))
         if now_ms >= self._prune_due:
             pruned = yield (self._sql["_PRUNE"], (self._moment(now_ms), _PRUNE_BATCH), "count")
             self._prune_due = now_ms + (0 if pruned >= _PRUNE_BATCH else _PRUNE_INTERVAL_MS)
 
     def _touch(self, sid: str, session: Document) -> SQLSteps:
+        """Move a live row's expiry. When the stored expiry (as this store last read or wrote
+        it) is within `touch_after` of the new one, only check that the row is still there: a
+        read, not a write, for most page views; a session deleted meanwhile is reported."""
         now_ms = _now_ms(self._now)
         expiry = self._expiry(session, now_ms)
         known = self._known_expiry.get(sid)
-        if known is not None and 0 <= expiry - known < _touch_tolerance(self.touch_after, session.get("cookie"),
-                                                                         self.ttl):
-            return True   # the stored expiry is recent enough: no write
+        tolerance = _touch_tolerance(self.touch_after, session.get("cookie"), self.ttl)
+        if known is not None and 0 <= self._ms(self._moment(expiry)) - known < tolerance:  # type: ignore[operator]
+            return (yield (self._sql["_EXISTS"], (sid, self._moment(now_ms)), "one")) is not None
         changed = yield (self._sql["_TOUCH"], (self._moment(expiry), sid, self._moment(now_ms)), "count")
-        self._remember(sid, expiry if changed else None)
+        self._remember(sid, self._ms(self._moment(expiry)) if changed else None)
         return changed > 0
 
     def _update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
@@ -1980,7 +1983,7 @@ class _SQLStore:
             self._remember(sid, None)
             return False
         yield (self._sql["_WRITE"], (_dumps(document), self._moment(expiry), sid), "count")
-        self._remember(sid, expiry)
+        self._remember(sid, self._ms(self._moment(expiry)))
         return True
 
     def _destroy(self, sid: str) -> SQLSteps:
@@ -2026,6 +2029,7 @@ class SQLiteStore(_SQLStore):
     _COUNT = "SELECT count(*) FROM {table} WHERE expired > ?"
     _CLEAR = "DELETE FROM {table}"
     _PRUNE = "DELETE FROM {table} WHERE sid IN (SELECT sid FROM {table} WHERE expired <= ? LIMIT ?)"
+    _EXISTS = "SELECT 1 FROM {table} WHERE sid = ? AND expired > ?"
 
     def __init__(self, path: str | os.PathLike[str] = "sessions.sqlite3", table: str = "sessions",
                  ttl: int = DAY_MS, *, touch_after: int | None = None, busy_timeout: int = 10_000,
@@ -2152,6 +2156,7 @@ class _PostgresTable(_SQLStore):
     _CLEAR = "DELETE FROM {table}"
     _PRUNE = ("DELETE FROM {table} WHERE sid IN (SELECT sid FROM {table} WHERE expire < to_timestamp(%s) "
               "LIMIT %s FOR UPDATE SKIP LOCKED)")
+    _EXISTS = "SELECT 1 FROM {table} WHERE sid = %s AND expire >= to_timestamp(%s)"
     _asynchronous = False
     _pool_example = "psycopg_pool.ConnectionPool(conninfo, open=True)"
 

@@ -8,6 +8,7 @@ Run: python -m unittest            (Redis tests run when redis-server and redis-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import http.client
 import http.cookiejar
@@ -19,6 +20,7 @@ import logging
 import multiprocessing
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -31,7 +33,7 @@ import unittest
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -3810,6 +3812,7 @@ class RedisServer:
 
 def tearDownModule() -> None:
     RedisServer.stop()
+    PostgresServer.stop()
 
 
 # Written by the npm package connect-redis 7.1.1 (with redis 4) under express-session 1.19.0:
@@ -4451,12 +4454,53 @@ class ConcurrencyContract:
                          {f"t{n}-{i}" for n in range(8) for i in range(25)})
 
 
+class ProcessesContract:
+    """Section 8 across processes, for the stores that several processes share on one
+    machine or more (subclasses say where: store_spec())."""
+
+    def store_spec(self) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def test_processes_logout_is_final_and_keys_do_not_collide(self) -> None:
+        app, cookie, sid = self.started()  # type: ignore[attr-defined]
+        context = multiprocessing.get_context("spawn")
+        loaded, go = context.Event(), context.Event()
+        child = spawn(self, paused_request_in_a_child, self.store_spec(), cookie, loaded, go, "from_child")  # type: ignore[arg-type]
+        self.assertTrue(loaded.wait(60))  # type: ignore[attr-defined]
+        self.request_b(app, cookie, lambda s, e: s.update(from_parent=True))  # type: ignore[attr-defined]
+        go.set()
+        self.assertEqual(exit_code(child, 60), 0)  # type: ignore[attr-defined]
+        stored = self.stored(sid)  # type: ignore[attr-defined]
+        assert stored is not None
+        self.assertEqual((stored["from_child"], stored["from_parent"]), ("child", True))  # type: ignore[attr-defined]
+
+        loaded, go = context.Event(), context.Event()
+        child = spawn(self, paused_request_in_a_child, self.store_spec(), cookie, loaded, go, "after_logout")  # type: ignore[arg-type]
+        self.assertTrue(loaded.wait(60))  # type: ignore[attr-defined]
+        self.request_b(app, cookie, lambda s, e: destroy(s))  # type: ignore[attr-defined]
+        go.set()
+        self.assertEqual(exit_code(child, 60), 0)  # type: ignore[attr-defined]
+        self.assertIsNone(self.stored(sid))  # type: ignore[attr-defined]
+
+    def test_processes_soak_each_adding_keys_to_one_session(self) -> None:
+        _, cookie, sid = self.started()  # type: ignore[attr-defined]
+        start = multiprocessing.get_context("spawn").Event()
+        children = [spawn(self, add_keys_in_a_child, self.store_spec(), cookie, n, 25, start)  # type: ignore[arg-type]
+                    for n in range(4)]
+        start.set()
+        self.assertEqual([exit_code(child, 120) for child in children], [0, 0, 0, 0])  # type: ignore[attr-defined]
+        stored = self.stored(sid)  # type: ignore[attr-defined]
+        assert stored is not None
+        self.assertEqual({key for key in stored if key.startswith("p")},  # type: ignore[attr-defined]
+                         {f"p{n}-{i}" for n in range(4) for i in range(25)})
+
+
 class TestConcurrencyMemoryStore(ConcurrencyContract, unittest.TestCase):
     def make_store(self) -> Any:
         return MemoryStore()
 
 
-class TestConcurrencyFileStore(ConcurrencyContract, unittest.TestCase):
+class TestConcurrencyFileStore(ProcessesContract, ConcurrencyContract, unittest.TestCase):
     def make_store(self) -> Any:
         self.folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.folder, True)
@@ -4465,55 +4509,39 @@ class TestConcurrencyFileStore(ConcurrencyContract, unittest.TestCase):
     def second_store(self) -> Any:
         return FileStore(self.folder)
 
+    def store_spec(self) -> tuple[Any, ...]:
+        return ("file", self.folder)
+
     def test_processes_logout_is_final_and_keys_do_not_collide(self) -> None:
-        app, cookie, sid = self.started()
-        context = multiprocessing.get_context("spawn")
-        loaded, go = context.Event(), context.Event()
-        child = spawn(self, paused_request_in_a_child, self.folder, cookie, loaded, go, "from_child")
-        self.assertTrue(loaded.wait(60))
-        self.request_b(app, cookie, lambda s, e: s.update(from_parent=True))
-        go.set()
-        self.assertEqual(exit_code(child, 60), 0)
-        stored = self.stored(sid)
-        assert stored is not None
-        self.assertEqual((stored["from_child"], stored["from_parent"]), ("child", True))
+        super().test_processes_logout_is_final_and_keys_do_not_collide()
+        self.assertEqual(os.listdir(self.folder), [])   # no session or lock file is left behind
 
-        loaded, go = context.Event(), context.Event()
-        child = spawn(self, paused_request_in_a_child, self.folder, cookie, loaded, go, "after_logout")
-        self.assertTrue(loaded.wait(60))
-        self.request_b(app, cookie, lambda s, e: destroy(s))
-        go.set()
-        self.assertEqual(exit_code(child, 60), 0)
-        self.assertIsNone(self.stored(sid))
-        self.assertEqual(os.listdir(self.folder), [])
-
-    def test_processes_soak_each_adding_keys_to_one_session(self) -> None:
-        _, cookie, sid = self.started()
-        start = multiprocessing.get_context("spawn").Event()
-        children = [spawn(self, add_keys_in_a_child, self.folder, cookie, n, 25, start) for n in range(4)]
-        start.set()
-        self.assertEqual([exit_code(child, 120) for child in children], [0, 0, 0, 0])
-        stored = self.stored(sid)
-        assert stored is not None
-        self.assertEqual({key for key in stored if key.startswith("p")},
-                         {f"p{n}-{i}" for n in range(4) for i in range(25)})
+def store_of(spec: tuple[Any, ...]) -> Any:
+    """A store from a picklable description, as a child process builds its own handle."""
+    kind = spec[0]
+    if kind == "file":
+        return FileStore(spec[1])
+    if kind == "sqlite":
+        return bs.SQLiteStore(spec[1])
+    pool = importlib.import_module("psycopg_pool").ConnectionPool(spec[1], min_size=1, max_size=2, open=True)
+    return bs.PostgresStore(pool, table=spec[2])
 
 
-def paused_request_in_a_child(folder: str, cookie: str, loaded: Any, go: Any, key: str) -> None:
+def paused_request_in_a_child(spec: tuple[Any, ...], cookie: str, loaded: Any, go: Any, key: str) -> None:
     """In a child process: request A, paused between loading its session and setting `key`."""
     def handler(session: Session, environ: dict[str, Any]) -> str:
         loaded.set()
         go.wait(60)
         session[key] = "child"
         return "ok"
-    app = SessionMiddleware(text_app(handler), secret=SECRET, store=FileStore(folder), resave=False, rolling=True)
+    app = SessionMiddleware(text_app(handler), secret=SECRET, store=store_of(spec), resave=False, rolling=True)
     response = Client(app).request(cookie=cookie)
     if key == "after_logout" and response.session_cookie() is not None:
         raise SystemExit(4)  # the destroyed session's cookie was set again
 
 
-def add_keys_in_a_child(folder: str, cookie: str, n: int, rounds: int, start: Any) -> None:
-    app = SessionMiddleware(text_app(add_own_key), secret=SECRET, store=FileStore(folder), resave=False)
+def add_keys_in_a_child(spec: tuple[Any, ...], cookie: str, n: int, rounds: int, start: Any) -> None:
+    app = SessionMiddleware(text_app(add_own_key), secret=SECRET, store=store_of(spec), resave=False)
     start.wait(60)
     client = Client(app)
     for i in range(rounds):
@@ -5445,6 +5473,599 @@ class TestDjango(DjangoTestCase):
             self.assertEqual(json.loads(fetch(opener, live.url + "/async")[1]), {"views": 3, "user": "admin"})
             self.assertEqual(post(opener, live.url + "/logout")[0], 200)
             self.assertEqual(fetch(opener, live.url + "/private")[0], 401)
+
+
+# ---------------------------------------------------------------------------
+# §12 SQL stores: SQLiteStore, PostgresStore, AsyncPostgresStore; the store contract
+# ---------------------------------------------------------------------------
+
+class PostgresServer:
+    """BUNWAY_PG_DSN (.ci/run starts one cluster for every run), or else a private cluster
+    started once for the module by .ci/postgres (initdb, a unix socket in a temporary folder).
+    PostgreSQL tests are skipped without psycopg or PostgreSQL, unless BUNWAY_REQUIRE_ALL=1."""
+
+    dsn: str | None = None
+    folder: str | None = None
+    reason = ""
+    shared_pool: Any = None
+
+    @classmethod
+    def pool(cls) -> Any:
+        """A psycopg ConnectionPool on the server, shared by the module's tests."""
+        psycopg_pool = optional("psycopg_pool")
+        optional("psycopg")
+        if cls.dsn is None and not cls.reason:
+            cls.start()
+        if cls.dsn is None:
+            unavailable(cls.reason)
+        if cls.shared_pool is None:
+            cls.shared_pool = psycopg_pool.ConnectionPool(cls.dsn, min_size=1, max_size=12, open=True)
+        return cls.shared_pool
+
+    @classmethod
+    def start(cls) -> None:
+        if os.environ.get("BUNWAY_PG_DSN"):
+            cls.dsn = os.environ["BUNWAY_PG_DSN"]
+            return
+        script = os.path.join(os.path.dirname(os.path.abspath(bs.__file__)), ".ci", "postgres")
+        cls.folder = tempfile.mkdtemp(prefix="bunway-pg-")
+        done = subprocess.run([script, "start", cls.folder], capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            cls.reason = f"PostgreSQL could not start here: {done.stderr.strip()[-300:]}"
+            shutil.rmtree(cls.folder, True)
+            cls.folder = None
+            return
+        cls.dsn = done.stdout.strip()
+
+    @classmethod
+    def version(cls) -> str:
+        with cls.pool().connection() as connection:
+            return str(connection.execute("SHOW server_version").fetchone()[0])
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls.shared_pool is not None:
+            cls.shared_pool.close()
+            cls.shared_pool = None
+        if cls.folder:
+            script = os.path.join(os.path.dirname(os.path.abspath(bs.__file__)), ".ci", "postgres")
+            subprocess.run([script, "stop", cls.folder], capture_output=True, timeout=120, check=False)
+            shutil.rmtree(cls.folder, True)
+            cls.folder = None
+
+
+def postgres_table(test: unittest.TestCase) -> str:
+    """A table of the test's own (dropped after it), so tests and runs never share rows."""
+    table = "t_" + secrets.token_hex(6)
+    pool = PostgresServer.pool()
+
+    def drop() -> None:
+        with pool.connection() as connection:
+            connection.execute(f'DROP TABLE IF EXISTS "{table}"')
+    test.addCleanup(drop)
+    return table
+
+
+class LoopThread:
+    """An event loop on a thread of its own, for driving an async store from sync tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+class SyncFacade:
+    """An async store's twins as the sync store interface (run on a LoopThread), so the store
+    contract runs unchanged against AsyncPostgresStore."""
+
+    def __init__(self, store: Any, loop: LoopThread) -> None:
+        self.store, self.loop = store, loop
+
+    def __getattr__(self, name: str) -> Any:
+        twin = getattr(self.store, "a" + name, None) or getattr(self.store, name)
+        return lambda *arguments: self.loop.run(twin(*arguments))
+
+
+def session_document(expires_ms: int | None, **data: Any) -> dict[str, Any]:
+    return {"cookie": {"originalMaxAge": None if expires_ms is None else 60_000,
+                       "expires": None if expires_ms is None else bs._iso_ms(expires_ms),
+                       "secure": False, "httpOnly": True, "path": "/", "sameSite": "lax"}, **data}
+
+
+class StoreContract:
+    """What every store does (sections 6, 8 and 10), on the store's own clock: subclasses say
+    which store (make_store) and how to plant a raw stored value (plant)."""
+
+    def make_store(self, clock: Clock) -> Any:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        super().setUp()  # type: ignore[misc]
+        self.clock = Clock(time.time())
+        self.store = self.make_store(self.clock)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def test_round_trip(self) -> None:
+        document = session_document(self.now_ms() + 60_000, views=1, cart=["a", {"b": None}], name="é😀")
+        self.store.set("s1", document, 60_000)
+        self.assertEqual(self.store.get("s1"), document)  # type: ignore[attr-defined]
+        self.assertIsNone(self.store.get("unknown"))  # type: ignore[attr-defined]
+        self.store.destroy("s1")
+        self.store.destroy("never there")
+        self.assertIsNone(self.store.get("s1"))  # type: ignore[attr-defined]
+
+    def test_expiry_by_the_clock(self) -> None:
+        start = self.now_ms()
+        self.store.set("timed", session_document(start + 5_000))
+        self.store.set("browser", session_document(None))     # no cookie expiry: ttl after the last write
+        self.clock.advance(3_000)
+        self.assertIsNotNone(self.store.get("timed"))  # type: ignore[attr-defined]
+        self.clock.advance(3_000)
+        self.assertIsNone(self.store.get("timed"))  # type: ignore[attr-defined]
+        self.clock.advance(50_000)
+        self.assertIsNotNone(self.store.get("browser"))  # type: ignore[attr-defined]
+        self.clock.advance(5_000)
+        self.assertIsNone(self.store.get("browser"))  # type: ignore[attr-defined]
+        self.assertEqual((self.store.all(), self.store.length()), ({}, 0))  # type: ignore[attr-defined]
+
+    def test_touch_moves_the_expiry_only_and_makes_no_row(self) -> None:
+        start = self.now_ms()
+        self.store.set("s", session_document(start + 5_000, v=1))
+        self.assertTrue(self.store.touch("s", session_document(start + 30_000, v="a stale copy")))  # type: ignore[attr-defined]
+        self.clock.advance(10_000)
+        stored = self.store.get("s")
+        self.assertEqual(stored["v"], 1, "a touch never writes data")  # type: ignore[attr-defined]
+        self.assertFalse(self.store.touch("unknown", session_document(start + 30_000)))  # type: ignore[attr-defined]
+        self.assertIsNone(self.store.get("unknown"))  # type: ignore[attr-defined]
+
+    def test_update_merges_this_requests_keys_or_reports_the_session_gone(self) -> None:
+        start = self.now_ms()
+        self.store.set("s", session_document(start + 5_000, a=1, b=2, c=3))
+        cookie = session_document(start + 60_000)["cookie"]
+        self.assertTrue(self.store.update("s", {"a": 10, "d": 4}, ["b", "missing"], cookie, 60_000))  # type: ignore[attr-defined]
+        self.assertEqual(self.store.get("s"), {"cookie": cookie, "a": 10, "c": 3, "d": 4})  # type: ignore[attr-defined]
+        self.clock.advance(10_000)
+        self.assertIsNotNone(self.store.get("s"), "the new cookie's expiry counts")  # type: ignore[attr-defined]
+        self.assertFalse(self.store.update("gone", {"a": 1}, [], cookie, 60_000))  # type: ignore[attr-defined]
+        self.assertIsNone(self.store.get("gone"), "an update of a missing session writes nothing")  # type: ignore[attr-defined]
+        self.store.destroy("s")
+        self.assertFalse(self.store.update("s", {"a": 1}, [], cookie, 60_000))  # type: ignore[attr-defined]
+        self.assertIsNone(self.store.get("s"))  # type: ignore[attr-defined]
+
+    def test_update_without_a_cookie_keeps_the_stored_cookie_and_expiry(self) -> None:
+        start = self.now_ms()
+        document = session_document(start + 5_000, a=1)
+        self.store.set("s", document)
+        self.assertTrue(self.store.update("s", {"ws": True}, [], None, None))  # type: ignore[attr-defined]
+        self.assertEqual(self.store.get("s"), {**document, "ws": True})  # type: ignore[attr-defined]
+        self.clock.advance(6_000)
+        self.assertIsNone(self.store.get("s"), "the stored expiry stayed")  # type: ignore[attr-defined]
+
+    def test_an_expired_session_is_not_updated(self) -> None:
+        self.store.set("s", session_document(self.now_ms() + 2_000, a=1))
+        self.clock.advance(4_000)
+        self.assertFalse(self.store.update("s", {"a": 2}, [], session_document(self.now_ms() + 60_000)["cookie"]))  # type: ignore[attr-defined]
+        self.assertIsNone(self.store.get("s"))  # type: ignore[attr-defined]
+
+    def test_all_length_and_clear(self) -> None:
+        start = self.now_ms()
+        for n in range(3):
+            self.store.set(f"s{n}", session_document(start + 60_000, n=n))
+        self.store.set("short", session_document(start + 2_000))
+        self.clock.advance(4_000)
+        everything = self.store.all()
+        self.assertEqual({sid: document["n"] for sid, document in everything.items()}, {"s0": 0, "s1": 1, "s2": 2})  # type: ignore[attr-defined]
+        self.assertEqual(self.store.length(), 3)  # type: ignore[attr-defined]
+        self.store.clear()
+        self.assertEqual((self.store.all(), self.store.length()), ({}, 0))  # type: ignore[attr-defined]
+
+class StoredValueTrust:
+    """Section 10 for the stores that hold what others wrote (files, rows): a stored value that
+    is no session is no session, never an error page. Subclasses say how to plant one."""
+
+    def plant(self, sid: str, raw: str, expires_ms: int) -> bool:
+        """Store `raw` as the stored value of `sid`; False when the store cannot hold it at all."""
+        raise NotImplementedError
+
+    def test_a_stored_value_that_is_no_session_is_no_session(self) -> None:
+        live = bs._iso_ms(int(self.clock() * 1000) + 60_000)
+        values = {"junk": "not json{", "array": "[1, 2]", "nan": '{"cookie": {}, "v": NaN}',
+                  "deep": "[" * 100_000 + "]" * 100_000, "nocookie": '{"views": 1}',
+                  "huge": '{"cookie": {}, "v": 1e999}',
+                  "header": json.dumps({"cookie": {"expires": live, "path": "/; Secure=no"}, "v": 1})}
+        planted = [sid for sid, raw in values.items() if self.plant(sid, raw, int(self.clock() * 1000) + 60_000)]
+        self.assertGreaterEqual(len(planted), 4)  # type: ignore[attr-defined]
+        self.store.set("good", session_document(int(self.clock() * 1000) + 60_000, v=1))
+        for sid in planted:
+            if sid != "header":   # (a document with a cookie object: the lifecycle judges the cookie)
+                self.assertIsNone(self.store.get(sid), sid)  # type: ignore[attr-defined]
+        self.assertEqual(set(self.store.all()), {"good"} | ({"header"} & set(planted)))  # type: ignore[attr-defined]
+        app = SessionMiddleware(text_app(counter), secret=LONG_SECRET, store=self.store)
+        for sid in planted:
+            response = Client(app).request(cookie="connect.sid=" + app.cookie_value(sid))
+            self.assertEqual((response.code, response.body), (200, b"1"), sid)  # type: ignore[attr-defined]
+            self.assertNotEqual(sid_of(response.session_cookie() or "x=s%3Ax.y"), sid)  # type: ignore[attr-defined]
+
+
+class TestStoreContractMemoryStore(StoreContract, unittest.TestCase):
+    def make_store(self, clock: Clock) -> Any:
+        return MemoryStore(ttl=60_000, now=clock)
+
+
+class TestStoreContractFileStore(StoredValueTrust, StoreContract, unittest.TestCase):
+    def make_store(self, clock: Clock) -> Any:
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        return FileStore(self.folder, ttl=60_000, touch_after=0, now=clock)
+
+    def plant(self, sid: str, raw: str, expires_ms: int) -> bool:
+        with open(os.path.join(self.folder, sid + ".json"), "w", encoding="utf-8") as file:
+            file.write(raw)
+        return True
+
+
+class TestStoreContractSQLiteStore(StoredValueTrust, StoreContract, unittest.TestCase):
+    def make_store(self, clock: Clock) -> Any:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.path = os.path.join(folder, "sessions.sqlite3")
+        return bs.SQLiteStore(self.path, ttl=60_000, touch_after=0, now=clock)
+
+    def plant(self, sid: str, raw: str, expires_ms: int) -> bool:
+        import sqlite3
+        with contextlib.closing(sqlite3.connect(self.path)) as connection, connection:
+            connection.execute("INSERT INTO sessions (sid, expired, sess) VALUES (?, ?, ?)", (sid, expires_ms, raw))
+        return True
+
+
+class TestStoreContractPostgresStore(StoredValueTrust, StoreContract, unittest.TestCase):
+    def make_store(self, clock: Clock) -> Any:
+        self.table = postgres_table(self)
+        return bs.PostgresStore(PostgresServer.pool(), table=self.table, ttl=60_000, create_table=True,
+                                touch_after=0, now=clock)
+
+    def plant(self, sid: str, raw: str, expires_ms: int) -> bool:
+        psycopg = optional("psycopg")
+        try:
+            with PostgresServer.pool().connection() as connection:
+                connection.execute(f'INSERT INTO "{self.table}" (sid, sess, expire) VALUES (%s, %s::json, '
+                                   f"to_timestamp(%s))", (sid, raw, expires_ms // 1000 + 1))
+        except psycopg.Error:   # PostgreSQL's json refuses it: no such row can exist
+            return False
+        return True
+
+
+class TestStoreContractAsyncPostgresStore(StoreContract, unittest.TestCase):
+    def make_store(self, clock: Clock) -> Any:
+        PostgresServer.pool()
+        psycopg_pool = optional("psycopg_pool")
+        self.loop = LoopThread()
+        self.addCleanup(self.loop.close)
+        self.table = postgres_table(self)
+
+        async def open_pool() -> Any:
+            pool = psycopg_pool.AsyncConnectionPool(PostgresServer.dsn, min_size=1, max_size=4, open=False)
+            await pool.open()
+            return pool
+        pool = self.loop.run(open_pool())
+        self.addCleanup(lambda: self.loop.run(pool.close()))
+        return SyncFacade(bs.AsyncPostgresStore(pool, table=self.table, ttl=60_000, create_table=True,
+                                                touch_after=0, now=clock), self.loop)
+class TestSQLiteStore(unittest.TestCase):
+    def setUp(self) -> None:
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.path = os.path.join(self.folder, "sessions.sqlite3")
+
+    def query(self, sql: str, *parameters: Any) -> list[Any]:
+        import sqlite3
+        with contextlib.closing(sqlite3.connect(self.path)) as connection, connection:
+            return connection.execute(sql, parameters).fetchall()
+
+    def test_rows_are_connect_sqlite3s(self) -> None:
+        clock = Clock()
+        app = wsgi(text_app(counter), store=bs.SQLiteStore(self.path, now=clock), now=clock,
+                   cookie={"max_age": 3_600_000})
+        sid = sid_of(Client(app).request().session_cookie() or "")
+        self.assertEqual([tuple(row) for row in self.query("SELECT name, type, pk FROM pragma_table_info('sessions')")],
+                         [("sid", "", 1), ("expired", "", 0), ("sess", "", 0)])   # connect-sqlite3's CREATE TABLE
+        [(expired, sess)] = self.query("SELECT expired, sess FROM sessions WHERE sid = ?", sid)
+        self.assertEqual(expired, int(clock() * 1000) + 3_600_000)     # epoch ms, from cookie.expires
+        self.assertEqual(json.loads(sess)["views"], 1)
+        self.assertEqual(sess, bs._dumps(json.loads(sess)))   # the document as JSON text, as JSON.stringify
+
+    def test_a_save_keeps_a_rows_other_columns_and_a_new_row_gets_the_defaults(self) -> None:
+        self.query("CREATE TABLE sessions (sid PRIMARY KEY, expired, sess, created DEFAULT 'by default', note)")
+        store = bs.SQLiteStore(self.path)
+        store.set("a", session_document(int(time.time() * 1000) + 60_000, v=1))
+        self.query("UPDATE sessions SET note = 'from node' WHERE sid = 'a'")
+        store.set("a", session_document(int(time.time() * 1000) + 60_000, v=2))
+        store.update("a", {"w": 1}, [], session_document(int(time.time() * 1000) + 60_000)["cookie"])
+        self.assertEqual(self.query("SELECT created, note FROM sessions"), [("by default", "from node")])
+
+    def test_setup_errors_name_the_problem(self) -> None:
+        with self.assertRaisesRegex(ValueError, "in-memory database is one per connection"):
+            bs.SQLiteStore(":memory:")
+        with self.assertRaisesRegex(Exception, r"SQLiteStore cannot use .*nowhere.*folder that exists"):
+            bs.SQLiteStore(os.path.join(self.folder, "nowhere", "s.sqlite3"))
+        with open(self.path, "w", encoding="utf-8") as file:
+            file.write("this is not a database, but it is long enough to look like a file header" * 20)
+        with self.assertRaisesRegex(Exception, "SQLiteStore cannot use"):
+            bs.SQLiteStore(self.path)
+        os.unlink(self.path)
+        self.query("CREATE TABLE other (id INTEGER)")
+        with self.assertRaisesRegex(Exception, r"connect-sqlite3's table \(sid, expired, sess\)"):
+            bs.SQLiteStore(self.path, table="other")
+        for table in ("a b", "x; DROP TABLE y", "", 'q"uote', "a.b.c", 5):
+            with self.subTest(table=table), self.assertRaisesRegex(ValueError, "SQLiteStore table must be a plain SQL name"):
+                bs.SQLiteStore(self.path, table=table)  # type: ignore[arg-type]
+
+    def test_wal_and_a_busy_timeout_that_outlasts_a_slow_writer(self) -> None:
+        store = bs.SQLiteStore(self.path)
+        with store._connection() as connection:
+            self.assertEqual(connection.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+            self.assertEqual(connection.execute("PRAGMA busy_timeout").fetchone()[0], 10_000)
+        with bs.SQLiteStore(self.path, busy_timeout=2500)._connection() as connection:
+            self.assertEqual(connection.execute("PRAGMA busy_timeout").fetchone()[0], 2500)
+        # A writer holding the lock: a save waits for it (the busy timeout), then goes through.
+        import sqlite3
+        holder = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN IMMEDIATE")
+        saved = threading.Event()
+        thread = threading.Thread(target=lambda: (store.set("w", session_document(None)), saved.set()), daemon=True)
+        thread.start()
+        self.assertFalse(saved.is_set())
+        holder.execute("COMMIT")
+        thread.join(30)
+        self.assertTrue(saved.is_set())
+        self.assertIsNotNone(store.get("w"))
+
+    def test_expired_rows_are_pruned_a_bounded_batch_at_a_time(self) -> None:
+        clock = Clock()
+        store = bs.SQLiteStore(self.path, now=clock)
+        start = int(clock() * 1000)
+        for n in range(250):
+            store.set(f"old{n}", session_document(start + 1_000))
+        clock.advance(61_000)   # past the expiry, and past the minute between prunes
+        counts = []
+        for n in range(4):
+            store.set(f"new{n}", session_document(start + 600_000))
+            counts.append(self.query("SELECT count(*) FROM sessions WHERE sid LIKE 'old%'")[0][0])
+        self.assertEqual(counts, [150, 50, 0, 0])   # 100 a write while there are more, then once a minute
+        self.assertEqual(self.query("SELECT name FROM pragma_index_list('sessions') WHERE name = 'sessions_expired'"),
+                         [("sessions_expired",)])
+
+    def test_a_read_only_request_only_reads_until_a_touch_is_due(self) -> None:
+        clock = Clock()
+        store = bs.SQLiteStore(self.path, now=clock)
+        statements: list[str] = []
+        app = wsgi(text_app(counter), store=store, now=clock, resave=False)
+        client = Client(app)
+        client.request()
+        reader = Client(wsgi(text_app(reader_app), store=store, now=clock, resave=False))
+        reader.cookies = dict(client.cookies)
+        with store._connection() as connection:
+            connection.set_trace_callback(statements.append)
+        reader.request()
+        self.assertEqual([s.split()[0] for s in statements], ["SELECT", "SELECT"])   # the row, and that it is still there
+        statements.clear()
+        clock.advance(864_000 + 1)   # past 1% of the one-day max age: the touch is due
+        reader.request()
+        self.assertEqual([s.split()[0] for s in statements], ["SELECT", "UPDATE"])
+
+
+def reader_app(session: Session, environ: dict[str, Any]) -> Any:
+    return session.get("views")
+
+
+class TestPostgresStore(unittest.TestCase):
+    def setUp(self) -> None:
+        self.pool = PostgresServer.pool()
+        self.table = postgres_table(self)
+
+    def query(self, sql: str, *parameters: Any) -> list[Any]:
+        with self.pool.connection() as connection:
+            cursor = connection.execute(sql, parameters)
+            return cursor.fetchall() if cursor.description else []
+
+    def test_the_table_is_connect_pg_simples(self) -> None:
+        bs.PostgresStore(self.pool, table=self.table, create_table=True)
+        columns = self.query("SELECT column_name, data_type, is_nullable, datetime_precision FROM "
+                             "information_schema.columns WHERE table_name = %s ORDER BY ordinal_position", self.table)
+        self.assertEqual(columns, [("sid", "character varying", "NO", None), ("sess", "json", "NO", None),
+                                   ("expire", "timestamp without time zone", "NO", 6)])
+        self.assertEqual(sorted(row[0] for row in self.query("SELECT indexname FROM pg_indexes WHERE tablename = %s",
+                                                              self.table)),
+                         [f"IDX_{self.table}_expire", f"{self.table}_pkey"])
+        clock = Clock()
+        store = bs.PostgresStore(self.pool, table=self.table, now=clock)
+        store.set("s", session_document(int(clock() * 1000) + 3_600_500, views=3))
+        [(expire_s, sess)] = self.query(f'SELECT extract(epoch FROM expire::timestamptz), sess::text FROM "{self.table}"')
+        self.assertEqual(int(expire_s), -(-(int(clock() * 1000) + 3_600_500) // 1000))   # seconds, rounded up
+        self.assertEqual(json.loads(sess)["views"], 3)
+
+    def test_create_table_beside_connect_pg_simples_own_and_leaves_an_existing_one_alone(self) -> None:
+        other = postgres_table(self)
+        bs.PostgresStore(self.pool, table=self.table, create_table=True)
+        bs.PostgresStore(self.pool, table=other, create_table=True)       # no index name clashes
+        self.query(f'ALTER TABLE "{self.table}" ADD COLUMN created timestamp DEFAULT now(), ADD COLUMN note text')
+        store = bs.PostgresStore(self.pool, table=self.table, create_table=True)   # left as it is
+        store.set("a", session_document(int(time.time() * 1000) + 60_000, v=1))
+        self.query(f"""UPDATE "{self.table}" SET note = 'from node' WHERE sid = 'a' RETURNING sid""")
+        store.set("a", session_document(int(time.time() * 1000) + 60_000, v=2))
+        store.update("a", {"w": 1}, [], session_document(int(time.time() * 1000) + 60_000)["cookie"])
+        [(created, note)] = self.query(f'SELECT created, note FROM "{self.table}"')
+        self.assertEqual((created is not None, note), (True, "from node"))
+
+    def test_setup_errors_name_the_option_and_say_what_to_do(self) -> None:
+        with self.assertRaisesRegex(RuntimeError, rf"the table '{self.table}' does not exist. Create it once "
+                                                  rf'\(CREATE TABLE IF NOT EXISTS "{self.table}".*create_table=True'):
+            bs.PostgresStore(self.pool, table=self.table)
+        psycopg = optional("psycopg")
+        with psycopg.connect(PostgresServer.dsn) as connection, \
+                self.assertRaisesRegex(TypeError, "needs a connection pool, not a connection"):
+            bs.PostgresStore(connection, table=self.table)
+        with self.assertRaisesRegex(TypeError, r"was given a sync pool: use PostgresStore\(pool\)"):
+            bs.AsyncPostgresStore(self.pool, table=self.table)
+        async_pool = optional("psycopg_pool").AsyncConnectionPool(PostgresServer.dsn, open=False)
+        with self.assertRaisesRegex(TypeError, r"was given an async pool: use AsyncPostgresStore\(pool\)"):
+            bs.PostgresStore(async_pool, table=self.table)
+        with self.assertRaisesRegex(ValueError, "PostgresStore table must be a plain SQL name"):
+            bs.PostgresStore(self.pool, table='session"; DROP TABLE x; --')
+        with self.assertRaisesRegex(TypeError, "QuartSessionInterface: under WSGI use PostgresStore"):
+            SessionMiddleware(text_app(counter), secret=LONG_SECRET, store=bs.AsyncPostgresStore(async_pool))
+
+    def test_an_unreachable_database_fails_the_request_and_writes_nothing(self) -> None:
+        psycopg = optional("psycopg")
+        store = bs.PostgresStore(FlakyPool(self.pool), table=self.table, create_table=True)
+        client = Client(wsgi(text_app(counter), store=store, secret=LONG_SECRET))
+        client.request()
+        store.pool.down = True
+        with self.assertRaises(psycopg.OperationalError):
+            client.request()
+        store.pool.down = False
+        self.assertEqual([row[0] for row in self.query(f"SELECT sess::json ->> 'views' FROM \"{self.table}\"")], ["1"])
+
+    def test_expiry_agrees_whatever_the_time_zone_both_sides_use(self) -> None:
+        psycopg_pool = optional("psycopg_pool")
+        bs.PostgresStore(self.pool, table=self.table, create_table=True)
+        for zone in ("Pacific/Kiritimati", "America/Adak"):   # UTC+14, UTC-10
+            with self.subTest(zone=zone), psycopg_pool.ConnectionPool(
+                    PostgresServer.dsn, kwargs={"options": f"-c TimeZone={zone}"}, min_size=1, max_size=1,
+                    open=True) as pool:
+                clock = Clock()
+                store = bs.PostgresStore(pool, table=self.table, now=clock)
+                store.set("s", session_document(int(clock() * 1000) + 5_000))
+                clock.advance(3_000)
+                self.assertIsNotNone(store.get("s"))
+                clock.advance(3_000)
+                self.assertIsNone(store.get("s"))
+                # connect-pg-simple's own test, on a connection of the same zone: expired too
+                with pool.connection() as connection:
+                    live = connection.execute(f'SELECT count(*) FROM "{self.table}" WHERE sid = %s AND '
+                                              f"expire >= to_timestamp(%s)", ("s", -(-int(clock() * 1000) // 1000))).fetchone()
+                self.assertEqual(live[0], 0)
+                store.destroy("s")
+
+    def test_a_read_only_request_only_reads_and_a_write_is_one_transaction(self) -> None:
+        recording = RecordingPool(self.pool)
+        clock = Clock()
+        store = bs.PostgresStore(recording, table=self.table, create_table=True, now=clock)
+        client = Client(wsgi(text_app(counter), store=store, now=clock, resave=False, secret=LONG_SECRET))
+        client.request()
+        recording.log.clear()
+        reader = Client(wsgi(text_app(reader_app), store=store, now=clock, resave=False, secret=LONG_SECRET))
+        reader.cookies = dict(client.cookies)
+        reader.request()
+        self.assertEqual(recording.log, [["SELECT"], ["SELECT"]])         # W2: two reads, no write
+        recording.log.clear()
+        client.request()
+        self.assertEqual(recording.log, [["SELECT"], ["SELECT", "UPDATE"]])   # W3: one transaction
+        recording.log.clear()
+        clock.advance(864_000 + 1000)
+        reader.request()
+        self.assertEqual(recording.log, [["SELECT"], ["UPDATE"]])         # a touch, once due
+
+
+class FlakyPool:
+    """A real pool whose connections fail while `down` (a database that went away)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool, self.down = pool, False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        if self.down:
+            import psycopg
+            raise psycopg.OperationalError("connection refused (the test took the database away)")
+        with self.pool.connection() as connection:
+            yield connection
+
+
+class RecordingPool:
+    """A real pool that records, per connection (one transaction), each statement's verb."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.log: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        with self.pool.connection() as connection:
+            verbs: list[str] = []
+            self.log.append(verbs)
+            yield RecordingConnection(connection, verbs)
+
+
+class RecordingConnection:
+    def __init__(self, connection: Any, verbs: list[str]) -> None:
+        self.connection, self.verbs = connection, verbs
+
+    def execute(self, sql: str, parameters: Any = ()) -> Any:
+        self.verbs.append(sql.split()[0])
+        return self.connection.execute(sql, parameters)
+
+
+class TestConcurrencySQLiteStore(ProcessesContract, ConcurrencyContract, unittest.TestCase):
+    def make_store(self) -> Any:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.path = os.path.join(folder, "sessions.sqlite3")
+        return bs.SQLiteStore(self.path)
+
+    def second_store(self) -> Any:
+        return bs.SQLiteStore(self.path)
+
+    def store_spec(self) -> tuple[Any, ...]:
+        return ("sqlite", self.path)
+
+
+class TestConcurrencyPostgresStore(ProcessesContract, ConcurrencyContract, unittest.TestCase):
+    def make_store(self) -> Any:
+        self.table = postgres_table(self)
+        return bs.PostgresStore(PostgresServer.pool(), table=self.table, create_table=True)
+
+    def second_store(self) -> Any:
+        return bs.PostgresStore(PostgresServer.pool(), table=self.table)
+
+    def store_spec(self) -> tuple[Any, ...]:
+        return ("postgres", PostgresServer.dsn, self.table)
+
+
+class TestOneLoopSQLiteStore(AsyncConcurrencyContract, AsyncTestCase):
+    def setUp(self) -> None:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.store = bs.SQLiteStore(os.path.join(folder, "sessions.sqlite3"))
+
+
+class TestOneLoopPostgresStore(AsyncConcurrencyContract, AsyncTestCase):
+    """The sync PostgresStore, its calls on worker threads."""
+
+    def setUp(self) -> None:
+        self.store = bs.PostgresStore(PostgresServer.pool(), table=postgres_table(self), create_table=True)
+
+
+class TestOneLoopAsyncPostgresStore(AsyncConcurrencyContract, AsyncTestCase):
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        PostgresServer.pool()
+        pool = optional("psycopg_pool").AsyncConnectionPool(PostgresServer.dsn, min_size=1, max_size=8, open=False)
+        await pool.open()
+        self.addAsyncCleanup(pool.close)
+        self.store = bs.AsyncPostgresStore(pool, table=postgres_table(self), create_table=True)
 
 
 # ---------------------------------------------------------------------------
