@@ -1,6 +1,7 @@
 // The express-session side of the interop check: the same routes as python_app.py.
 // Configured by environment: PORT (0: any free port), SECRET (comma-separated, first signs),
-// STORE (file|redis), STORE_PATH, REDIS_SOCKET. Prints "listening <port>" once it serves.
+// STORE (file|redis|sqlite|postgres), STORE_PATH, REDIS_SOCKET, SQLITE_PATH, PG_HOST, PG_USER,
+// PG_DATABASE, PG_TABLE. Prints "listening <port>" once it serves.
 'use strict';
 const crypto = require('crypto');
 const express = require('express');
@@ -8,6 +9,19 @@ const session = require('express-session');
 const flash = require('connect-flash');
 
 async function makeStore() {
+  if (process.env.STORE === 'sqlite') {
+    const SQLiteStore = require('connect-sqlite3')(session);
+    const sqlite3 = require('sqlite3');
+    const db = new sqlite3.Database(process.env.SQLITE_PATH);
+    db.configure('busyTimeout', 10000);   // sqlite3's default, 1 s, is short for a shared file
+    return new SQLiteStore({ db, table: 'sessions', concurrentDb: true });
+  }
+  if (process.env.STORE === 'postgres') {
+    const PgStore = require('connect-pg-simple')(session);
+    const { Pool } = require('pg');
+    const pool = new Pool({ host: process.env.PG_HOST, user: process.env.PG_USER, database: process.env.PG_DATABASE });
+    return new PgStore({ pool, tableName: process.env.PG_TABLE, createTableIfMissing: false, pruneSessionInterval: false });
+  }
   if (process.env.STORE === 'redis') {
     const RedisStore = require('connect-redis').default;
     const { createClient } = require('redis');

@@ -2,7 +2,7 @@
 python_asgi_app.py serves the same routes under ASGI.
 
 Configured by environment: PORT (0: any free port), SECRET (comma-separated, first signs),
-STORE (file|redis), STORE_PATH, REDIS_SOCKET. Prints "listening <port>" once it serves.
+STORE (file|redis|sqlite|postgres), STORE_PATH, REDIS_SOCKET, SQLITE_PATH, PG_DSN, PG_TABLE. Prints "listening <port>" once it serves.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from bunway_session import (
     FileStore,
+    PostgresStore,
     RedisStore,
     Session,
     SessionMiddleware,
+    SQLiteStore,
     get_session,
 )
 
@@ -82,9 +84,16 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 def make_store() -> Any:
-    if os.environ.get("STORE") == "redis":
+    kind = os.environ.get("STORE")
+    if kind == "redis":
         import redis
         return RedisStore(redis.Redis(unix_socket_path=os.environ["REDIS_SOCKET"]), prefix="sess:")
+    if kind == "sqlite":
+        return SQLiteStore(os.environ["SQLITE_PATH"], table="sessions")
+    if kind == "postgres":
+        from psycopg_pool import ConnectionPool
+        return PostgresStore(ConnectionPool(os.environ["PG_DSN"], min_size=1, max_size=8, open=True),
+                             table=os.environ["PG_TABLE"])
     return FileStore(os.environ["STORE_PATH"])
 
 

@@ -6,6 +6,7 @@ Configured as python_app.py is. Prints "listening <port>" once it serves.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -19,16 +20,25 @@ from python_app import OPTIONS, genid, route
 
 from bunway_session import (
     ASGISessionMiddleware,
+    AsyncPostgresStore,
     AsyncRedisStore,
     FileStore,
+    SQLiteStore,
     get_session,
 )
 
 
 def make_store() -> Any:
-    if os.environ.get("STORE") == "redis":
+    kind = os.environ.get("STORE")
+    if kind == "redis":
         import redis.asyncio
         return AsyncRedisStore(redis.asyncio.Redis(unix_socket_path=os.environ["REDIS_SOCKET"]), prefix="sess:")
+    if kind == "sqlite":
+        return SQLiteStore(os.environ["SQLITE_PATH"], table="sessions")
+    if kind == "postgres":   # the pool opens on the server's event loop, at the first request
+        from psycopg_pool import AsyncConnectionPool
+        return AsyncPostgresStore(AsyncConnectionPool(os.environ["PG_DSN"], min_size=1, max_size=8, open=False),
+                                  table=os.environ["PG_TABLE"])
     return FileStore(os.environ["STORE_PATH"])
 
 
@@ -42,7 +52,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     method, path = scope["method"], scope["path"]
     if (method, path) == ("GET", "/length"):
         length = store.length()
-        status, body = 200, {"length": await length if isinstance(store, AsyncRedisStore) else length}
+        status, body = 200, {"length": await length if inspect.isawaitable(length) else length}
     else:
         status, body = route(get_session(scope), method, path, query)
     data = json.dumps(body).encode()
@@ -55,7 +65,14 @@ def scope_headers(scope: dict[str, Any]) -> dict[str, str]:
     return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
 
 
-wrapped = ASGISessionMiddleware(app, store=store, **OPTIONS, genid=lambda scope: genid(scope_headers(scope)))
+sessions = ASGISessionMiddleware(app, store=store, **OPTIONS, genid=lambda scope: genid(scope_headers(scope)))
+
+
+async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    pool = getattr(store, "pool", None)
+    if pool is not None and getattr(pool, "closed", False):   # an AsyncConnectionPool opens on the loop
+        await pool.open()
+    await sessions(scope, receive, send)
 
 if __name__ == "__main__":
     import uvicorn

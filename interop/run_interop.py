@@ -1,8 +1,10 @@
 """make interop: run express-session (node_app.js) and bunway_session (python_app.py) side by
 side on one secret and one store, and check that they share their users' sessions.
 
-For each store (a temporary folder with session-file-store / FileStore, and a private
-redis-server on a unix socket with connect-redis / RedisStore), it starts the apps (each
+For each store (a temporary folder with session-file-store / FileStore, a private
+redis-server on a unix socket with connect-redis / RedisStore, a SQLite file with
+connect-sqlite3 / SQLiteStore, and a PostgreSQL table with connect-pg-simple / PostgresStore
+and AsyncPostgresStore), it starts the apps (each
 binds a free loopback port and reports it) and runs every scenario twice: with the Python
 WSGI app (python_app.py, wsgiref) and with the Python ASGI app (python_asgi_app.py under
 uvicorn, with AsyncRedisStore on Redis), then the frameworks' own sessions: a Flask-Login
@@ -313,6 +315,53 @@ def redis_store() -> Iterator[dict[str, str] | str]:
         shutil.rmtree(folder, True)
 
 
+@contextmanager
+def sqlite_store() -> Iterator[dict[str, str]]:
+    folder = tempfile.mkdtemp(prefix="bunway-interop-sqlite-")
+    try:
+        path = os.path.join(folder, "sessions.sqlite3")
+        yield {"kind": "sqlite", "env_STORE": "sqlite", "env_SQLITE_PATH": path}
+    finally:
+        shutil.rmtree(folder, True)
+
+
+@contextmanager
+def postgres_store() -> Iterator[dict[str, str] | str]:
+    """A table in BUNWAY_PG_DSN's database, or in a private cluster (.ci/postgres); or why not."""
+    try:
+        from psycopg_pool import ConnectionPool
+    except ImportError:
+        yield "psycopg and psycopg-pool are not installed"
+        return
+    folder = None
+    dsn = os.environ.get("BUNWAY_PG_DSN")
+    if not dsn:
+        folder = tempfile.mkdtemp(prefix="bunway-interop-pg-")
+        os.chmod(folder, 0o755)
+        done = subprocess.run([os.path.join(HERE, "..", ".ci", "postgres"), "start", os.path.join(folder, "cluster")],
+                              capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            shutil.rmtree(folder, True)
+            yield f"PostgreSQL could not start: {done.stderr.strip()[-200:]}"
+            return
+        dsn = done.stdout.strip()
+    table = f"interop_{int(time.time() * 1000)}"
+    parts = dict(part.split("=", 1) for part in dsn.split())
+    with ConnectionPool(dsn, min_size=1, max_size=1, open=True) as pool:
+        bs.PostgresStore(pool, table=table, create_table=True)   # connect-pg-simple's table
+        try:
+            yield {"kind": "postgres", "env_STORE": "postgres", "env_PG_DSN": dsn, "env_PG_TABLE": table,
+                   "env_PG_HOST": parts.get("host", ""), "env_PG_USER": parts.get("user", ""),
+                   "env_PG_DATABASE": parts.get("dbname", "")}
+        finally:
+            with pool.connection() as connection:
+                connection.execute(f'DROP TABLE IF EXISTS "{table}"')
+            if folder:
+                subprocess.run([os.path.join(HERE, "..", ".ci", "postgres"), "stop", os.path.join(folder, "cluster")],
+                               capture_output=True, timeout=120, check=False)
+                shutil.rmtree(folder, True)
+
+
 PYTHON_APPS = {"wsgi": "python_app.py", "asgi": "python_asgi_app.py"}
 
 
@@ -349,8 +398,9 @@ def main() -> int:
           f"Python {sys.version.split()[0]}; packages: "
           + ", ".join(f"{name} {version_of(name)}" for name in
                       ("express", "express-session", "session-file-store", "connect-redis", "redis",
-                       "connect-flash", "cookie-signature")))
-    for make, kind in ((file_store, "file"), (redis_store, "redis")):
+                       "connect-sqlite3", "sqlite3", "connect-pg-simple", "pg", "connect-flash", "cookie-signature")))
+    for make, kind in ((file_store, "file"), (redis_store, "redis"), (sqlite_store, "sqlite"),
+                       (postgres_store, "postgres")):
         for python_app in PYTHON_APPS:
             with make() as store:
                 why_not = store if isinstance(store, str) else missing(python_app)
@@ -381,7 +431,7 @@ def main() -> int:
                 finally:
                     for side in sides:
                         side.stop()
-        for framework, modules in FRAMEWORKS.items():
+        for framework, modules in (FRAMEWORKS.items() if kind in ("file", "redis") else ()):
             with make() as store:
                 why_not = store if isinstance(store, str) else missing_modules(modules)
                 if why_not:
