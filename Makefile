@@ -56,6 +56,7 @@ bench-instructions: $(CACHE)/bench/bin/python
 $(CACHE)/bench/bin/python: Makefile   # (installed again when the list below changes)
 	$(PYTHON) -m venv $(CACHE)/bench
 	$(CACHE)/bench/bin/pip install --quiet --disable-pip-version-check beaker starlette itsdangerous starsessions redis \
+	  "psycopg[binary]" psycopg-pool \
 	  || echo "the comparisons could not be installed: the bench runs without them"
 
 # express-session and bunway_session side by side on one secret and one store (needs node

@@ -1943,6 +1943,8 @@ class _SQLStore:
             return
         yield (self._sql["_INSERT"], (sid, _dumps(session), self._moment(expiry)), "count")
         self._remember(sid, self._ms(self._moment(expiry)))
+        # Expired rows go a bounded batch at a time, as new sessions are stored (a statement of
+        # its own: an error in it would not undo the save).
         if now_ms >= self._prune_due:
             pruned = yield (self._sql["_PRUNE"], (self._moment(now_ms), _PRUNE_BATCH), "count")
             self._prune_due = now_ms + (0 if pruned >= _PRUNE_BATCH else _PRUNE_INTERVAL_MS)
@@ -2218,12 +2220,23 @@ class PostgresStore(_PostgresTable):
     def __init__(self, pool: Any, table: str = "session", ttl: int = DAY_MS, create_table: bool = False, *,
                  touch_after: int | None = None, now: Clock = time.time) -> None:
         super().__init__(pool, table, ttl, create_table, touch_after=touch_after, now=now)
-        self._run(self._setup())
+        self._run(self._setup(), transaction=True)
         self._ready = True
 
-    def _run(self, steps: SQLSteps) -> Any:
-        with self.pool.connection() as connection:   # one transaction: committed at the end, or rolled back
-            return _run_statements(steps, connection.execute)
+    def _run(self, steps: SQLSteps, transaction: bool = False) -> Any:
+        """One transaction for a read-modify-write; otherwise its one statement is one round
+        trip (autocommit: no BEGIN and COMMIT around it). The connection goes back to the pool
+        as it came."""
+        with self.pool.connection() as connection:
+            if transaction:
+                with connection.transaction():
+                    return _run_statements(steps, connection.execute)
+            autocommit = connection.autocommit
+            connection.autocommit = True
+            try:
+                return _run_statements(steps, connection.execute)
+            finally:
+                connection.autocommit = autocommit
 
     def get(self, sid: str) -> Document | None:
         return self._run(self._get(sid))  # type: ignore[no-any-return]
@@ -2238,7 +2251,7 @@ class PostgresStore(_PostgresTable):
                cookie: Document | None, max_age: int | None = None) -> bool:
         if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
             return self.touch(sid, {"cookie": cookie})
-        return bool(self._run(self._update(sid, changes, deleted, cookie)))
+        return bool(self._run(self._update(sid, changes, deleted, cookie), transaction=True))
 
     def destroy(self, sid: str) -> None:
         self._run(self._destroy(sid))
@@ -2264,12 +2277,22 @@ class AsyncPostgresStore(_PostgresTable):
     _pool_example = "psycopg_pool.AsyncConnectionPool(conninfo, open=False), opened with await pool.open()"
     _sync_twin = "PostgresStore"
 
-    async def _run(self, steps: SQLSteps) -> Any:
+    async def _run(self, steps: SQLSteps, transaction: bool = False) -> Any:
+        """PostgresStore._run, awaited."""
         async with self.pool.connection() as connection:
             if not self._ready:
-                await _arun_statements(self._setup(), connection.execute)
+                async with connection.transaction():
+                    await _arun_statements(self._setup(), connection.execute)
                 self._ready = True
-            return await _arun_statements(steps, connection.execute)
+            if transaction:
+                async with connection.transaction():
+                    return await _arun_statements(steps, connection.execute)
+            autocommit = connection.autocommit
+            await connection.set_autocommit(True)
+            try:
+                return await _arun_statements(steps, connection.execute)
+            finally:
+                await connection.set_autocommit(autocommit)
 
     async def aget(self, sid: str) -> Document | None:
         return await self._run(self._get(sid))  # type: ignore[no-any-return]
@@ -2284,7 +2307,7 @@ class AsyncPostgresStore(_PostgresTable):
                       cookie: Document | None, max_age: int | None = None) -> bool:
         if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
             return await self.atouch(sid, {"cookie": cookie})
-        return bool(await self._run(self._update(sid, changes, deleted, cookie)))
+        return bool(await self._run(self._update(sid, changes, deleted, cookie), transaction=True))
 
     async def adestroy(self, sid: str) -> None:
         await self._run(self._destroy(sid))

@@ -5969,14 +5969,14 @@ class TestPostgresStore(unittest.TestCase):
         reader = Client(wsgi(text_app(reader_app), store=store, now=clock, resave=False, secret=LONG_SECRET))
         reader.cookies = dict(client.cookies)
         reader.request()
-        self.assertEqual(recording.log, [["SELECT"], ["SELECT"]])         # W2: two reads, no write
+        self.assertEqual(recording.log, [["SELECT"], ["SELECT"]])   # W2: two reads, a round trip each
         recording.log.clear()
         client.request()
-        self.assertEqual(recording.log, [["SELECT"], ["SELECT", "UPDATE"]])   # W3: one transaction
+        self.assertEqual(recording.log, [["SELECT"], ["BEGIN", "SELECT", "UPDATE", "COMMIT"]])   # W3
         recording.log.clear()
         clock.advance(864_000 + 1000)
         reader.request()
-        self.assertEqual(recording.log, [["SELECT"], ["UPDATE"]])         # a touch, once due
+        self.assertEqual(recording.log, [["SELECT"], ["UPDATE"]])   # a touch, once due
 
 
 class FlakyPool:
@@ -6010,10 +6010,33 @@ class RecordingPool:
 
 
 class RecordingConnection:
+    """A psycopg connection that records what goes to the server: each statement's verb, and
+    the BEGIN and COMMIT of a transaction (explicit, or the implicit one outside autocommit)."""
+
     def __init__(self, connection: Any, verbs: list[str]) -> None:
         self.connection, self.verbs = connection, verbs
+        self.explicit = False
+
+    @property
+    def autocommit(self) -> bool:
+        return bool(self.connection.autocommit)
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        self.connection.autocommit = value
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.verbs.append("BEGIN")
+        self.explicit = True
+        with self.connection.transaction():
+            yield
+        self.explicit = False
+        self.verbs.append("COMMIT")
 
     def execute(self, sql: str, parameters: Any = ()) -> Any:
+        if not self.connection.autocommit and not self.explicit and "BEGIN (implicit)" not in self.verbs:
+            self.verbs.append("BEGIN (implicit)")
         self.verbs.append(sql.split()[0])
         return self.connection.execute(sql, parameters)
 

@@ -507,6 +507,135 @@ ASGI_STORES = ("memory", "file")
 
 
 @contextlib.contextmanager
+def private_postgres(folder: str) -> Iterator[str | None]:
+    """BUNWAY_PG_DSN, or a private cluster in `folder` (.ci/postgres); None without PostgreSQL
+    or psycopg (the SQL rows then have SQLite only)."""
+    try:
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    if os.environ.get("BUNWAY_PG_DSN"):
+        yield os.environ["BUNWAY_PG_DSN"]
+        return
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".ci", "postgres")
+    cluster = os.path.join(folder, "pg")
+    os.chmod(folder, 0o755)
+    done = subprocess.run([script, "start", cluster], capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        yield None
+        return
+    try:
+        yield done.stdout.strip()
+    finally:
+        subprocess.run([script, "stop", cluster], capture_output=True, timeout=120, check=False)
+
+
+class CountingPool:
+    """A psycopg pool that counts round trips: each statement, and the BEGIN and COMMIT of a
+    transaction (explicit, or implicit outside autocommit)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool, self.trips = pool, 0
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        with self.pool.connection() as connection:
+            yield CountingConnection(connection, self)
+
+
+class CountingConnection:
+    def __init__(self, connection: Any, pool: CountingPool) -> None:
+        self.connection, self.pool, self.explicit, self.implicit = connection, pool, False, False
+
+    @property
+    def autocommit(self) -> bool:
+        return bool(self.connection.autocommit)
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        self.connection.autocommit = value
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.explicit = True
+        self.pool.trips += 2
+        with self.connection.transaction():
+            yield
+        self.explicit = False
+
+    def execute(self, sql: str, parameters: Any = ()) -> Any:
+        if not self.connection.autocommit and not self.explicit and not self.implicit:
+            self.implicit = True
+            self.pool.trips += 2
+        self.pool.trips += 1
+        return self.connection.execute(sql, parameters)
+
+
+def report_sql(folder: str, dsn: str | None) -> None:
+    """W1-W3 through SessionMiddleware with SQLiteStore and PostgresStore, beside FileStore,
+    interleaved; and the statements (SQLite) or round trips (PostgreSQL) a request costs."""
+    stores: dict[str, Any] = {"file": bs.FileStore(os.path.join(folder, "sql-file")),
+                              "sqlite": bs.SQLiteStore(os.path.join(folder, "bench.sqlite3"))}
+    pool = None
+    if dsn is not None:
+        from psycopg_pool import ConnectionPool
+        pool = ConnectionPool(dsn, min_size=1, max_size=4, open=True)
+        stores["postgres"] = bs.PostgresStore(pool, table="bench_" + secrets.token_hex(4), create_table=True)
+    contestants = [Contestant("bare", bare_app)]
+    for label, store in stores.items():
+        w3 = our_app(store, True, resave=False)
+        cookie = returning(w3)
+        contestants += [Contestant(f"{label} W1", our_app(store, True, resave=False)),
+                        Contestant(f"{label} W2", our_app(store, False, resave=False), cookie),
+                        Contestant(f"{label} W3", w3, cookie)]
+    measure(contestants, max(7, ROUNDS // 2))
+    bare = median(contestants[0])
+    cost = {c.name: median(c) - bare for c in contestants[1:]}
+    print("\nSQL stores (WSGI, resave=False): µs per request over the bare app, and what a request sends")
+    print(f"{'workload':<10}" + "".join(f"{label:>12}" for label in stores) + "   sqlite statements, postgres round trips")
+    for workload in ("W1", "W2", "W3"):
+        counts = sql_trips(stores, workload)
+        print(f"{workload:<10}" + "".join(f"{cost[f'{label} {workload}']:12.1f}" for label in stores) + f"   {counts}")
+    if pool is not None:
+        with pool.connection() as connection:
+            connection.execute(f'DROP TABLE {stores["postgres"]._quoted}')
+        pool.close()
+
+
+def sql_trips(stores: dict[str, Any], workload: str) -> str:
+    """What one request of the workload sends to each SQL store."""
+    found = []
+    sqlite = stores["sqlite"]
+    statements: list[str] = []
+    with sqlite._connection() as connection:
+        connection.set_trace_callback(statements.append)
+    run_workload(sqlite, workload, statements.clear)
+    with sqlite._connection() as connection:
+        connection.set_trace_callback(None)
+    found.append(f"sqlite {len(statements)} ({', '.join(s.split()[0] for s in statements)})")
+    if "postgres" in stores:
+        store = stores["postgres"]
+        counting = CountingPool(store.pool)
+        store.pool = counting
+
+        def reset() -> None:
+            counting.trips = 0
+        run_workload(store, workload, reset)
+        store.pool = counting.pool
+        found.append(f"postgres {counting.trips}")
+    return ", ".join(found)
+
+
+def run_workload(store: Any, workload: str, before: Callable[[], None]) -> None:
+    """One request of the workload on a session made beforehand; `before` resets the count."""
+    app = our_app(store, workload != "W2", resave=False)
+    cookie = returning(our_app(store, True, resave=False)) if workload != "W1" else None
+    before()
+    call(app, cookie)
+
+
+@contextlib.contextmanager
 def private_redis(folder: str) -> Iterator[str | None]:
     """A redis-server on a unix socket in `folder` (its path), or None without redis-server or redis-py."""
     binary = shutil.which("redis-server")
@@ -536,7 +665,8 @@ def private_redis(folder: str) -> Iterator[str | None]:
         process.wait(10)
 
 
-async def asgi_rows(folder: str, redis_socket: str | None) -> tuple[dict[str, dict[str, float]], list[str]]:
+async def asgi_rows(folder: str, redis_socket: str | None,
+                    dsn: str | None = None) -> tuple[dict[str, dict[str, float]], list[str]]:
     """For each workload, the cost (µs over the bare Starlette app) of each contestant."""
     bare = ASGIContestant("bare", starlette_app(None, []))
     contestants: list[ASGIContestant] = [bare]
@@ -549,6 +679,15 @@ async def asgi_rows(folder: str, redis_socket: str | None) -> tuple[dict[str, di
         stores["redis, thread"] = bs.RedisStore(redis.Redis(unix_socket_path=redis_socket), prefix="bench:")
         stores["async redis"] = bs.AsyncRedisStore(redis.asyncio.Redis(unix_socket_path=redis_socket),
                                                    prefix="abench:")
+    stores["sqlite, thread"] = bs.SQLiteStore(os.path.join(folder, "asgi.sqlite3"))
+    if dsn is not None:
+        from psycopg_pool import AsyncConnectionPool, ConnectionPool
+        table = "abench_" + secrets.token_hex(4)
+        stores["postgres, thread"] = bs.PostgresStore(ConnectionPool(dsn, min_size=1, max_size=8, open=True),
+                                                      table=table, create_table=True)
+        async_pool = AsyncConnectionPool(dsn, min_size=1, max_size=8, open=False)
+        await async_pool.open()
+        stores["async postgres"] = bs.AsyncPostgresStore(async_pool, table=table)
     for kind, store in stores.items():
         kinds[f"ours ({kind})"] = [Middleware(bs.ASGISessionMiddleware, secret=SECRET, store=store, resave=False)]
     kinds["starlette cookie"] = [Middleware(StarletteCookieSessions, secret_key=SECRET)]
@@ -572,8 +711,11 @@ def report_asgi(folder: str, misses: list[str]) -> None:
     if starlette is None:
         print("\nASGI: Starlette is not installed: no ASGI rows (make bench installs it in .cache/bench)")
         return
-    with private_redis(folder) as redis_socket:
-        table, labels = asyncio.run(asgi_rows(folder, redis_socket))
+    with private_redis(folder) as redis_socket, private_postgres(folder) as dsn:
+        table, labels = asyncio.run(asgi_rows(folder, redis_socket, dsn))
+        if dsn is None:
+            print("\nPostgreSQL or psycopg is missing: no PostgreSQL rows")
+        report_sql(folder, dsn)
     if "ours (async redis)" not in labels:
         print("\nASGI: redis-server or redis-py is missing: no Redis rows")
     print(f"\nASGI: a Starlette {starlette.__version__} app in-process, µs per request over the bare app"
