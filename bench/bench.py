@@ -60,7 +60,7 @@ try:
 except ImportError:
     starsessions = None
 
-SECRET = "bench secret"
+SECRET = "the bench secret, of more than thirty-two bytes"
 DAY_MS = 86_400_000
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
 BATCH_SECONDS = 0.02
