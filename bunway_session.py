@@ -42,6 +42,7 @@ import math
 import os
 import re
 import secrets as _secrets
+import shutil
 import stat
 import sys
 import threading
@@ -55,7 +56,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -749,6 +750,15 @@ class Session(dict[str, Any]):
         self._check_writable()
         await self._lifecycle.arun(self._lifecycle.save_now())
 
+    def destroy_other_sessions(self) -> int:
+        """End the other sessions of this session's user (its store's user_key names the user):
+        "log out my other devices". Returns how many ended; 0 when nobody is logged in here."""
+        return self._lifecycle.run(self._lifecycle.destroy_others(), "adestroy_other_sessions")  # type: ignore[no-any-return]
+
+    async def adestroy_other_sessions(self) -> int:
+        """destroy_other_sessions() for an ASGI app: awaits the store."""
+        return await self._lifecycle.arun(self._lifecycle.destroy_others())  # type: ignore[no-any-return]
+
     def touch(self) -> None:
         """Reset the cookie's expiry to now + its original max age."""
         self._check_writable()
@@ -899,6 +909,31 @@ def _apply_changes(document: Document, changes: Mapping[str, Any], deleted: Iter
         document.pop(key, None)
 
 
+# A user's sessions (section 13): a store given `user_key` keeps which sessions each user has,
+# in the same atomic step as the save that sets, changes or removes that key. A user is the
+# JSON of the key's value (so 42 and "42" are two users).
+_USER_KEY = re.compile(r"[A-Za-z0-9_$-]{1,100}")
+
+
+def _check_user_key(user_key: Any, store: str) -> str | None:
+    if user_key is not None and (not isinstance(user_key, str) or not _USER_KEY.fullmatch(user_key)):
+        raise ValueError(f"{store} user_key must be the session key whose value names the user (letters, "
+                         f"digits, _, - and $, e.g. '_user_id'), or None, not {user_key!r}")
+    return user_key
+
+
+def _user_of(data: Mapping[str, Any], user_key: str | None) -> str | None:
+    """The user a session belongs to (its user_key value as JSON), or None."""
+    value = None if user_key is None else data.get(user_key)
+    return None if value is None else _dumps(value)
+
+
+def _no_user_index(store: Any) -> TypeError:
+    return TypeError(f"{type(store).__name__} keeps no index of users' sessions: build it with user_key='_user_id' "
+                     "(the session key whose value names the user: Flask-Login's '_user_id', Django's "
+                     "'_auth_user_id') to use sessions_of, destroy_sessions_of and destroy_other_sessions()")
+
+
 _MAX_COOKIE_SHAPES = 64
 if TYPE_CHECKING:
     _MemoryEntry: TypeAlias = tuple[str, dict[str, Any], int | None, int]
@@ -914,9 +949,12 @@ class MemoryStore:
 
     blocking = False  # every call takes microseconds under a short lock: ASGI calls it on the loop
 
-    def __init__(self, ttl: int = DAY_MS, now: Clock = time.time) -> None:
+    def __init__(self, ttl: int = DAY_MS, now: Clock = time.time, *, user_key: str | None = None) -> None:
         self.ttl = _check_ttl(ttl)
         self._now = now
+        self.user_key = _check_user_key(user_key, "MemoryStore")
+        self._users: dict[str, set[str]] = {}    # user -> their sessions' IDs (with user_key)
+        self._user_of: dict[str, str] = {}       # sid -> its user
         self._lock = threading.Lock()
         # sid -> (data JSON, cookie without expires, cookie.expires in ms, deadline ms).
         # The expiry lives beside the JSON, so a touch rewrites no text.
@@ -956,9 +994,30 @@ class MemoryStore:
     def _live(self, sid: str, now_ms: int) -> _MemoryEntry | None:
         entry = self._entries.get(sid)
         if entry is not None and entry[3] <= now_ms:
-            del self._entries[sid]
+            self._drop(sid)
             return None
         return entry
+
+    def _drop(self, sid: str) -> None:
+        """Forget a session, and its place in its user's sessions."""
+        del self._entries[sid]
+        if self._user_of:
+            self._index(sid, None)
+
+    def _index(self, sid: str, user: str | None) -> None:
+        """Record that session `sid` now belongs to `user` (None: to nobody)."""
+        before = self._user_of.get(sid)
+        if before == user:
+            return
+        if before is not None:
+            sessions = self._users[before]
+            sessions.discard(sid)
+            if not sessions:
+                del self._users[before]
+            del self._user_of[sid]
+        if user is not None:
+            self._users.setdefault(user, set()).add(sid)
+            self._user_of[sid] = user
 
     def _store(self, sid: str, entry: _MemoryEntry, now_ms: int) -> None:
         if sid not in self._entries:
@@ -975,7 +1034,7 @@ class MemoryStore:
             if entry is None:
                 continue
             if entry[3] <= now_ms:
-                del self._entries[sid]
+                self._drop(sid)
                 if budget is not None:
                     budget -= 1
             else:  # touched or saved since: wait for its new deadline
@@ -993,6 +1052,8 @@ class MemoryStore:
         entry = self._entry(_dumps(data), cookie, now_ms)
         with self._lock:
             self._store(sid, entry, now_ms)
+            if self.user_key is not None:
+                self._index(sid, _user_of(data, self.user_key))
 
     def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
                cookie: Document | None, max_age: int | None = None) -> bool:
@@ -1009,6 +1070,8 @@ class MemoryStore:
                 self._entries[sid] = (_dumps(data), entry[1], entry[2], entry[3])
             else:
                 self._store(sid, self._entry(_dumps(data), cookie, now_ms, entry[1]), now_ms)
+            if self.user_key is not None:
+                self._index(sid, _user_of(data, self.user_key))
             return True
 
     def touch(self, sid: str, session: Document) -> bool:
@@ -1023,7 +1086,30 @@ class MemoryStore:
 
     def destroy(self, sid: str) -> None:
         with self._lock:
-            self._entries.pop(sid, None)
+            if sid in self._entries:
+                self._drop(sid)
+
+    def sessions_of(self, user: Any) -> dict[str, Document]:
+        """`user`'s live sessions, {sid: document} (section 13): a look at theirs only."""
+        if self.user_key is None:
+            raise _no_user_index(self)
+        now_ms = _now_ms(self._now)
+        with self._lock:
+            entries = [(sid, self._live(sid, now_ms)) for sid in list(self._users.get(_dumps(user), ()))]
+        return {sid: self._decode(entry) for sid, entry in entries if entry is not None}
+
+    def destroy_sessions_of(self, user: Any, keep: str | None = None) -> int:
+        """End `user`'s sessions but `keep` (a logout everywhere else); how many were live."""
+        if self.user_key is None:
+            raise _no_user_index(self)
+        now_ms = _now_ms(self._now)
+        ended = 0
+        with self._lock:
+            for sid in list(self._users.get(_dumps(user), ())):
+                if sid != keep and self._live(sid, now_ms) is not None:
+                    self._drop(sid)
+                    ended += 1
+        return ended
 
     def _live_entries(self) -> list[tuple[str, _MemoryEntry]]:
         """Every unexpired session (an administrative call: it looks at them all)."""
@@ -1048,6 +1134,8 @@ class MemoryStore:
             self._entries.clear()
             self._deadlines.clear()
             self._shapes.clear()
+            self._users.clear()
+            self._user_of.clear()
 
 
 # FileStore file names: "<sid>.json"; temporary files ".<sid>.json.<written ms, hex>-<random>.tmp";
@@ -1055,6 +1143,7 @@ class MemoryStore:
 # A temporary file's name carries when it was started by the store's clock, so judging it
 # stale needs no file time: the store has one notion of time, its clock.
 _FILE_SUFFIX = ".json"
+_USERS_FOLDER = ".users"       # FileStore's index of users' sessions (user_key): marker files
 _TEMP_SUFFIX = ".tmp"
 _LOCK_SUFFIX = ".lock"
 _STALE_TEMP_MS = 600_000       # a writer takes milliseconds; ten minutes means it crashed
@@ -1174,9 +1263,10 @@ class FileStore:
 
     def __init__(self, path: str | os.PathLike[str] = "./sessions", ttl: int = DAY_MS, *,
                  fsync: bool = False, touch_after: int | None = None, reap_interval: int = 3_600_000,
-                 shared_folder: bool = False, now: Clock = time.time) -> None:
+                 shared_folder: bool = False, user_key: str | None = None, now: Clock = time.time) -> None:
         self.path = os.fspath(path)
         self.ttl = _check_ttl(ttl)
+        self.user_key = _check_user_key(user_key, "FileStore")
         self.fsync = bool(fsync)
         self.touch_after = _check_touch_after(touch_after)
         self.reap_interval = _check_ttl(reap_interval, "reap_interval")
@@ -1195,6 +1285,24 @@ class FileStore:
         self._reap_due = _now_ms(now) + self.reap_interval
 
     # -- files ---------------------------------------------------------------
+
+    # A user's sessions: an empty marker file a session, `.users/<hash of the user>/<sid>`, made
+    # before the session file says so and removed after it no longer does, so a listing (which
+    # reads each session to confirm) misses none; stale markers go at reap(). session-file-store
+    # lists "*.json" only: it never sees them.
+    def _user_folder(self, user: str) -> str:
+        return os.path.join(self.path, _USERS_FOLDER, hashlib.sha256(user.encode("utf-8")).hexdigest()[:32])
+
+    def _mark(self, sid: str, user: str | None) -> None:
+        if user is None:
+            return
+        folder = self._user_folder(user)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        os.close(os.open(os.path.join(folder, sid), os.O_WRONLY | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o600))
+
+    def _unmark(self, sid: str, user: str | None) -> None:
+        if user is not None:
+            _unlink_quietly(os.path.join(self._user_folder(user), sid))
 
     def _file(self, sid: str) -> str:
         return self._prefix + sid + _FILE_SUFFIX
@@ -1314,7 +1422,12 @@ class FileStore:
     def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
         path = self._checked_file(sid)
         now_ms = _now_ms(self._now)
-        self._write(path, dict(session), now_ms)
+        if self.user_key is None:
+            self._write(path, dict(session), now_ms)
+        else:   # (under the lock, so destroy_sessions_of never sees the marker without the file)
+            with self._locked(sid):
+                self._mark(sid, _user_of(session, self.user_key))
+                self._write(path, dict(session), now_ms)
         self._reap_step(now_ms)
 
     def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
@@ -1333,8 +1446,14 @@ class FileStore:
                 last_access = last if last.__class__ is int else None
             else:
                 document["cookie"] = cookie
+            before = _user_of(document, self.user_key)
             _apply_changes(document, changes, deleted)
+            after = _user_of(document, self.user_key)
+            if after != before:
+                self._mark(sid, after)
             self._write(path, document, now_ms, last_access)
+            if after != before:
+                self._unmark(sid, before)
         self._reap_step(now_ms)
         return True
 
@@ -1393,7 +1512,46 @@ class FileStore:
         if _file_sid_problem(sid):
             return
         with self._locked(sid):
+            document = self._read(self._file(sid)) if self.user_key is not None else None
             self._remove(sid)
+            if document is not None:
+                self._unmark(sid, _user_of(document, self.user_key))
+
+    def _user_sessions(self, user: Any) -> tuple[str, list[str]]:
+        """(the user's JSON, the IDs marked as theirs); a store without user_key refuses."""
+        if self.user_key is None:
+            raise _no_user_index(self)
+        user_json = _dumps(user)
+        try:
+            names = os.listdir(self._user_folder(user_json))
+        except FileNotFoundError:
+            names = []
+        return user_json, [name for name in names if not _file_sid_problem(name)]
+
+    def sessions_of(self, user: Any) -> dict[str, Document]:
+        """`user`'s live sessions, {sid: document} (section 13): reads theirs only."""
+        user_json, sids = self._user_sessions(user)
+        sessions = {}
+        for sid in sids:
+            document = self.get(sid)
+            if document is not None and _user_of(document, self.user_key) == user_json:
+                sessions[sid] = document
+        return sessions
+
+    def destroy_sessions_of(self, user: Any, keep: str | None = None) -> int:
+        """End `user`'s sessions but `keep`, each under its lock; how many were live."""
+        user_json, sids = self._user_sessions(user)
+        ended = 0
+        for sid in sids:
+            if sid == keep:
+                continue
+            with self._locked(sid):
+                document = self._live_document_or_drop_lock(sid)
+                if document is not None and _user_of(document, self.user_key) == user_json:
+                    self._remove(sid)
+                    ended += 1
+                self._unmark(sid, user_json)   # (ended, gone, or someone else's now)
+        return ended
 
     # -- listing and cleaning -----------------------------------------------
 
@@ -1446,14 +1604,46 @@ class FileStore:
         return None if _file_sid_problem(sid) else sid
 
     def clear(self) -> None:
-        """Delete every session of this store (with its lock file) and its stale temporary
-        files; nothing else (see _may_delete)."""
+        """Delete every session of this store (with its lock file), its stale temporary
+        files and its users' markers; nothing else (see _may_delete)."""
         self._delete_all(expired_only=False)
+        shutil.rmtree(os.path.join(self.path, _USERS_FOLDER), ignore_errors=True)
 
     def reap(self) -> int:
-        """Delete expired session files, torn ones, orphaned lock files and stale temporary
-        files (see _may_delete); return how many session and temporary files went."""
-        return self._delete_all(expired_only=True)
+        """Delete expired session files, torn ones, orphaned lock files, stale temporary
+        files (see _may_delete) and stale user markers; return how many session and
+        temporary files went."""
+        removed = self._delete_all(expired_only=True)
+        self._reap_markers()
+        return removed
+
+    def _reap_markers(self) -> None:
+        """Remove the markers of sessions that are gone or belong to someone else now."""
+        users = os.path.join(self.path, _USERS_FOLDER)
+        try:
+            folders = os.listdir(users)
+        except FileNotFoundError:
+            return
+        for folder in folders:
+            path = os.path.join(users, folder)
+            try:
+                sids = os.listdir(path)
+            except OSError:
+                continue
+            for sid in sids:
+                if _file_sid_problem(sid):
+                    continue
+                with self._locked(sid, wait=False) as held:
+                    if not held:
+                        continue
+                    document = self._read(self._file(sid))
+                    user = None if document is None else _user_of(document, self.user_key)
+                    if user is None or self._user_folder(user) != path:
+                        _unlink_quietly(os.path.join(path, sid))
+                    if document is None:
+                        _unlink_quietly(self._lock_file(sid))
+            with suppress(OSError):
+                os.rmdir(path)   # (only when empty)
 
     def _delete_all(self, expired_only: bool) -> int:
         now_ms = _now_ms(self._now)
@@ -1595,6 +1785,9 @@ def _unlink_quietly(path: str) -> int:
         return 0
 
 
+_REDIS_INDEX = "bunway-users:"   # + prefix + a user's JSON: the set of that user's session IDs
+
+
 class _RedisFormat:
     """What RedisStore and AsyncRedisStore share, without I/O: keys, values and TTLs as the
     npm package connect-redis (7) writes them: key `<prefix><sid>`, value the document as
@@ -1607,7 +1800,7 @@ class _RedisFormat:
                      "AsyncRedisStore(client) (with ASGISessionMiddleware or QuartSessionInterface)")
 
     def __init__(self, client: Any, prefix: str = "sess:", ttl: int = DAY_MS,
-                 now: Clock = time.time) -> None:
+                 now: Clock = time.time, *, user_key: str | None = None) -> None:
         store = type(self).__name__
         if client is None:
             raise TypeError(f"{store} needs a client, e.g. {self._client_example}")
@@ -1624,9 +1817,36 @@ class _RedisFormat:
         self.prefix = prefix
         self.ttl = _check_ttl(ttl)
         self._now = now
+        self.user_key = _check_user_key(user_key, store)
+        # A user's sessions: a set of IDs a user, outside the prefix (connect-redis's all() and
+        # length() scan the prefix), kept alive as long as its longest-lived session.
+        self._index_prefix = _REDIS_INDEX + prefix
+        if self.user_key is not None and self._index_prefix.startswith(prefix):
+            raise ValueError(f"{store} prefix {prefix!r} would cover its index of users' sessions "
+                             f"({self._index_prefix!r}...): choose one that ends in ':', such as 'sess:'")
 
     def _key(self, sid: str) -> str:
         return self.prefix + sid
+
+    def _index(self, user: str) -> str:
+        return self._index_prefix + user
+
+    def _user_index(self, user: Any) -> tuple[str, str]:
+        """(the user's JSON, their index key); a store without user_key refuses."""
+        if self.user_key is None:
+            raise _no_user_index(self)
+        user_json = _dumps(user)
+        return user_json, self._index(user_json)
+
+    def _queue_index_expiry(self, pipe: Any, user: str, seconds: int) -> None:
+        """Keep the user's index as long as its longest-lived session (Redis 7: NX, then GT)."""
+        at = _now_ms(self._now) + seconds * 1000
+        pipe.pexpireat(self._index(user), at, nx=True)
+        pipe.pexpireat(self._index(user), at, gt=True)
+
+    def _mine(self, raw: Any, sid: str, user: str) -> bool:
+        document = None if raw is None else self._document(self._key(sid), raw)
+        return document is not None and _user_of(document, self.user_key) == user
 
     def _ttl_seconds(self, document: Mapping[str, Any]) -> int:
         # connect-redis: whole seconds, rounded up.
@@ -1642,29 +1862,40 @@ class _RedisFormat:
         return document
 
     def _merged(self, key: str, raw: Any, changes: Mapping[str, Any], deleted: Iterable[str],
-                cookie: Document | None) -> tuple[str, int | None] | None:
-        """update's new value and TTL in seconds (None: keep the key's TTL, for an update
-        that leaves the cookie as stored); None when there is no session to update."""
+                cookie: Document | None) -> tuple[str, int | None, str | None, str | None] | None:
+        """update's new value, TTL in seconds (None: keep the key's TTL, for an update that
+        leaves the cookie as stored), and the session's user before and after; None when
+        there is no session to update."""
         document = None if raw is None else self._document(key, raw)
         if document is None:
             return None
+        before = _user_of(document, self.user_key)
         if cookie is not None:
             document["cookie"] = cookie
         _apply_changes(document, changes, deleted)
-        return _dumps(document), (None if cookie is None else self._ttl_seconds(document))
+        return (_dumps(document), (None if cookie is None else self._ttl_seconds(document)), before,
+                _user_of(document, self.user_key))
 
-    @staticmethod
-    def _queue_write(pipe: Any, key: str, value: str, seconds: int | None) -> bool:
-        """Queue update's write after MULTI (queuing does no I/O, in either client): the value
-        with its TTL, keeping the key's TTL (seconds None), or a delete for a session already
-        expired. True when the session still exists after it."""
+    def _queue_write(self, pipe: Any, sid: str, value: str, seconds: int | None,
+                     before: str | None = None, after: str | None = None) -> bool:
+        """Queue a write after MULTI (queuing does no I/O, in either client): the value with its
+        TTL, keeping the key's TTL (seconds None), or a delete for a session already expired;
+        and its move between users' indexes. True when the session still exists after it."""
+        key = self._key(sid)
         if seconds is None:
             pipe.set(key, value, keepttl=True)
         elif seconds <= 0:
             pipe.delete(key)
         else:
             pipe.set(key, value, ex=seconds)
-        return seconds is None or seconds > 0
+        exists = seconds is None or seconds > 0
+        if before is not None and before != after:
+            pipe.srem(self._index(before), sid)
+        if after is not None and exists:
+            if after != before:
+                pipe.sadd(self._index(after), sid)
+            self._queue_index_expiry(pipe, after, self._ttl_seconds(_loads(value)) if seconds is None else seconds)
+        return exists
 
     def _match(self) -> str:
         """The SCAN pattern of this store's keys: the prefix, its glob characters escaped."""
@@ -1687,6 +1918,17 @@ class _RedisFormat:
 _REDIS_RETRIES = 100   # optimistic transactions: attempts before giving up on a key that keeps changing
 
 
+def _texts(members: Iterable[Any]) -> list[str]:
+    """Redis set members as session IDs (what is not UTF-8 is not one of ours)."""
+    texts = []
+    for member in members:
+        try:
+            texts.append(member.decode("utf-8") if isinstance(member, bytes) else str(member))
+        except UnicodeDecodeError:
+            continue
+    return texts
+
+
 class RedisStore(_RedisFormat):
     """Sessions in Redis, as the npm package connect-redis (7) keeps them: key
     `<prefix><sid>`, value the document as JSON, TTL from cookie.expires (else `ttl`).
@@ -1702,10 +1944,16 @@ class RedisStore(_RedisFormat):
 
     def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
         seconds = self._ttl_seconds(session)
-        if seconds <= 0:
-            self.client.delete(self._key(sid))
+        user = _user_of(session, self.user_key)
+        if user is None:
+            if seconds <= 0:
+                self.client.delete(self._key(sid))
+                return
+            self.client.set(self._key(sid), _dumps(session), ex=seconds)
             return
-        self.client.set(self._key(sid), _dumps(session), ex=seconds)
+        with self.client.pipeline() as pipe:   # MULTI: the session and its place in its user's index
+            self._queue_write(pipe, sid, _dumps(session), seconds, None, user)
+            pipe.execute()
 
     def touch(self, sid: str, session: Document) -> bool:
         """Extend the key's TTL only: the data in Redis stays as it is."""
@@ -1713,15 +1961,21 @@ class RedisStore(_RedisFormat):
         if seconds <= 0:
             self.client.delete(self._key(sid))
             return False
-        return bool(self.client.expire(self._key(sid), seconds))
+        user = _user_of(session, self.user_key)
+        if user is None:
+            return bool(self.client.expire(self._key(sid), seconds))
+        with self.client.pipeline() as pipe:
+            pipe.expire(self._key(sid), seconds)
+            self._queue_index_expiry(pipe, user, seconds)
+            return bool(pipe.execute()[0])
 
     def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
                cookie: Document | None, max_age: int | None = None) -> bool:
         """Optimistic transaction: WATCH the key, merge onto its current value, MULTI/EXEC;
         start over if another client wrote the key in between. `cookie` None keeps the
         stored cookie and the key's TTL."""
-        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
-            return self.touch(sid, {"cookie": cookie})
+        if not changes and not deleted and cookie is not None and self.user_key is None:
+            return self.touch(sid, {"cookie": cookie})   # nothing of the data changed: a touch
         key = self._key(sid)
         deleted = list(deleted)
         for _ in range(_REDIS_RETRIES):
@@ -1732,7 +1986,7 @@ class RedisStore(_RedisFormat):
                     if merged is None:
                         return False
                     pipe.multi()
-                    exists = self._queue_write(pipe, key, *merged)
+                    exists = self._queue_write(pipe, sid, *merged)
                     pipe.execute()
                     return exists
                 except Exception as exc:
@@ -1741,7 +1995,47 @@ class RedisStore(_RedisFormat):
         raise RuntimeError(f"could not update {key!r}: it kept changing under {_REDIS_RETRIES} attempts")
 
     def destroy(self, sid: str) -> None:
-        self.client.delete(self._key(sid))
+        self.client.delete(self._key(sid))   # (its index entry goes when its user's sessions are read)
+
+    def sessions_of(self, user: Any) -> dict[str, Document]:
+        """`user`'s live sessions, {sid: document} (section 13): their index, then their values."""
+        user_json, index = self._user_index(user)
+        sids = _texts(self.client.smembers(index))
+        sessions = {}
+        for sid, raw in zip(sids, self.client.mget([self._key(sid) for sid in sids]) if sids else []):
+            if self._mine(raw, sid, user_json):
+                sessions[sid] = self._document(self._key(sid), raw)
+            else:
+                self._end(sid, user_json, index, delete=False)
+        return sessions  # type: ignore[return-value]
+
+    def destroy_sessions_of(self, user: Any, keep: str | None = None) -> int:
+        """End `user`'s sessions but `keep`, each in a transaction that checks it is still theirs."""
+        user_json, index = self._user_index(user)
+        return sum(self._end(sid, user_json, index, delete=True)
+                   for sid in _texts(self.client.smembers(index)) if sid != keep)
+
+    def _end(self, sid: str, user: str, index: str, delete: bool) -> bool:
+        """WATCH the session: if it is still the user's, delete it (delete=True); if not (gone,
+        or someone else's now), drop it from the user's index. True when it was deleted."""
+        key = self._key(sid)
+        for _ in range(_REDIS_RETRIES):
+            with self.client.pipeline() as pipe:
+                try:
+                    pipe.watch(key)
+                    mine = self._mine(pipe.get(key), sid, user)
+                    if mine and not delete:
+                        return False
+                    pipe.multi()
+                    if mine:
+                        pipe.delete(key)
+                    pipe.srem(index, sid)
+                    pipe.execute()
+                    return mine
+                except Exception as exc:
+                    if type(exc).__name__ != "WatchError":
+                        raise
+        return False
 
     def _keys(self) -> list[Any]:
         return list(self.client.scan_iter(match=self._match(), count=100))
@@ -1783,10 +2077,16 @@ class AsyncRedisStore(_RedisFormat):
 
     async def aset(self, sid: str, session: Document, max_age: int | None = None) -> None:
         seconds = self._ttl_seconds(session)
-        if seconds <= 0:
-            await self.client.delete(self._key(sid))
+        user = _user_of(session, self.user_key)
+        if user is None:
+            if seconds <= 0:
+                await self.client.delete(self._key(sid))
+                return
+            await self.client.set(self._key(sid), _dumps(session), ex=seconds)
             return
-        await self.client.set(self._key(sid), _dumps(session), ex=seconds)
+        async with self.client.pipeline() as pipe:
+            self._queue_write(pipe, sid, _dumps(session), seconds, None, user)
+            await pipe.execute()
 
     async def atouch(self, sid: str, session: Document) -> bool:
         """Extend the key's TTL only: the data in Redis stays as it is."""
@@ -1794,13 +2094,19 @@ class AsyncRedisStore(_RedisFormat):
         if seconds <= 0:
             await self.client.delete(self._key(sid))
             return False
-        return bool(await self.client.expire(self._key(sid), seconds))
+        user = _user_of(session, self.user_key)
+        if user is None:
+            return bool(await self.client.expire(self._key(sid), seconds))
+        async with self.client.pipeline() as pipe:
+            pipe.expire(self._key(sid), seconds)
+            self._queue_index_expiry(pipe, user, seconds)
+            return bool((await pipe.execute())[0])
 
     async def aupdate(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
                       cookie: Document | None, max_age: int | None = None) -> bool:
         """RedisStore.update, awaited: WATCH, merge, MULTI/EXEC, start over on a conflict."""
-        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
-            return await self.atouch(sid, {"cookie": cookie})
+        if not changes and not deleted and cookie is not None and self.user_key is None:
+            return await self.atouch(sid, {"cookie": cookie})   # nothing of the data changed: a touch
         key = self._key(sid)
         deleted = list(deleted)
         for _ in range(_REDIS_RETRIES):
@@ -1811,7 +2117,7 @@ class AsyncRedisStore(_RedisFormat):
                     if merged is None:
                         return False
                     pipe.multi()
-                    exists = self._queue_write(pipe, key, *merged)
+                    exists = self._queue_write(pipe, sid, *merged)
                     await pipe.execute()
                     return exists
                 except Exception as exc:
@@ -1821,6 +2127,48 @@ class AsyncRedisStore(_RedisFormat):
 
     async def adestroy(self, sid: str) -> None:
         await self.client.delete(self._key(sid))
+
+    async def asessions_of(self, user: Any) -> dict[str, Document]:
+        """RedisStore.sessions_of, awaited."""
+        user_json, index = self._user_index(user)
+        sids = _texts(await self.client.smembers(index))
+        sessions = {}
+        for sid, raw in zip(sids, await self.client.mget([self._key(sid) for sid in sids]) if sids else []):
+            if self._mine(raw, sid, user_json):
+                sessions[sid] = self._document(self._key(sid), raw)
+            else:
+                await self._aend(sid, user_json, index, delete=False)
+        return sessions  # type: ignore[return-value]
+
+    async def adestroy_sessions_of(self, user: Any, keep: str | None = None) -> int:
+        """RedisStore.destroy_sessions_of, awaited."""
+        user_json, index = self._user_index(user)
+        ended = 0
+        for sid in _texts(await self.client.smembers(index)):
+            if sid != keep:
+                ended += await self._aend(sid, user_json, index, delete=True)
+        return ended
+
+    async def _aend(self, sid: str, user: str, index: str, delete: bool) -> bool:
+        """RedisStore._end, awaited."""
+        key = self._key(sid)
+        for _ in range(_REDIS_RETRIES):
+            async with self.client.pipeline() as pipe:
+                try:
+                    await pipe.watch(key)
+                    mine = self._mine(await pipe.get(key), sid, user)
+                    if mine and not delete:
+                        return False
+                    pipe.multi()
+                    if mine:
+                        pipe.delete(key)
+                    pipe.srem(index, sid)
+                    await pipe.execute()
+                    return mine
+                except Exception as exc:
+                    if type(exc).__name__ != "WatchError":
+                        raise
+        return False
 
     async def _keys(self) -> list[Any]:
         return [key async for key in self.client.scan_iter(match=self._match(), count=100)]
@@ -1887,13 +2235,23 @@ class _SQLStore:
     _CLEAR = ""
     _PRUNE = ""        # (now, batch): delete up to batch expired rows
     _EXISTS = ""       # (sid, now) -> a row when the session is live
+    _SESSIONS_OF = ""  # (user, now) -> sid, sess of a user's live rows ({user}: the user_key's JSON is)
+    _DESTROY_OF = ""   # (user, keep, now): delete a user's live rows but keep
+    _USER = ""         # the user_key's value in sess, as JSON (indexed); {key} is the key
+    _USER_IS = ""      # {user} compared with a parameter
 
-    def __init__(self, table: str, ttl: int, touch_after: int | None, now: Clock) -> None:
+    def __init__(self, table: str, ttl: int, touch_after: int | None, now: Clock,
+                 user_key: str | None = None) -> None:
         self.table = table
         quoted = _sql_table(table, type(self).__name__)
-        self._sql = {name: getattr(self, name).format(table=quoted)
+        # A user's sessions are found by the JSON of sess itself (so Node's are found too), with
+        # an index on that expression; user_key is a plain name (checked), never a value.
+        self.user_key = _check_user_key(user_key, type(self).__name__)
+        self._user_expression = self._USER.format(key=user_key or "")
+        user_is = self._USER_IS.format(user=self._user_expression)
+        self._sql = {name: getattr(self, name).format(table=quoted, user=user_is)
                      for name in ("_SELECT", "_LOCK", "_INSERT", "_TOUCH", "_WRITE", "_WRITE_SESS", "_DELETE",
-                                  "_ALL", "_COUNT", "_CLEAR", "_PRUNE", "_EXISTS")}
+                                  "_ALL", "_COUNT", "_CLEAR", "_PRUNE", "_EXISTS", "_SESSIONS_OF", "_DESTROY_OF")}
         self._quoted = quoted
         self.ttl = _check_ttl(ttl)
         self.touch_after = _check_touch_after(touch_after)
@@ -2009,6 +2367,25 @@ class _SQLStore:
         yield (self._sql["_CLEAR"], (), "count")
         self._known_expiry.clear()
 
+    def _user_json(self, user: Any) -> str:
+        if self.user_key is None:
+            raise _no_user_index(self)
+        return _dumps(user)
+
+    def _sessions_of(self, user: Any) -> SQLSteps:
+        user_json = self._user_json(user)
+        rows = yield (self._sql["_SESSIONS_OF"], (user_json, self._moment(_now_ms(self._now))), "all")
+        sessions = {}
+        for sid, raw in rows:
+            document = self._session(raw)
+            if document is not None and _user_of(document, self.user_key) == user_json:
+                sessions[sid] = document
+        return sessions
+
+    def _destroy_sessions_of(self, user: Any, keep: str | None) -> SQLSteps:
+        user_json = self._user_json(user)
+        return (yield (self._sql["_DESTROY_OF"], (user_json, keep or "", self._moment(_now_ms(self._now))), "count"))
+
 
 class SQLiteStore(_SQLStore):
     """Sessions in a SQLite database file, in connect-sqlite3's table (`sid` primary key,
@@ -2032,11 +2409,15 @@ class SQLiteStore(_SQLStore):
     _CLEAR = "DELETE FROM {table}"
     _PRUNE = "DELETE FROM {table} WHERE sid IN (SELECT sid FROM {table} WHERE expired <= ? LIMIT ?)"
     _EXISTS = "SELECT 1 FROM {table} WHERE sid = ? AND expired > ?"
+    _USER = "json_quote(json_extract(sess, '$.\"{key}\"'))"
+    _USER_IS = "{user} = ?"
+    _SESSIONS_OF = "SELECT sid, sess FROM {table} WHERE {user} AND expired > ?"
+    _DESTROY_OF = "DELETE FROM {table} WHERE {user} AND sid <> ? AND expired > ?"
 
     def __init__(self, path: str | os.PathLike[str] = "sessions.sqlite3", table: str = "sessions",
                  ttl: int = DAY_MS, *, touch_after: int | None = None, busy_timeout: int = 10_000,
-                 now: Clock = time.time) -> None:
-        super().__init__(table, ttl, touch_after, now)
+                 user_key: str | None = None, now: Clock = time.time) -> None:
+        super().__init__(table, ttl, touch_after, now, user_key)
         self.path = os.fspath(path)
         if self.path == ":memory:" or "mode=memory" in self.path:
             raise ValueError("SQLiteStore path must be a file: an in-memory database is one per connection, "
@@ -2048,6 +2429,9 @@ class SQLiteStore(_SQLStore):
             with self._connection() as connection:
                 connection.execute(f'CREATE TABLE IF NOT EXISTS {self._quoted} (sid PRIMARY KEY, expired, sess)')
                 connection.execute(f'CREATE INDEX IF NOT EXISTS "{name}_expired" ON {self._quoted} (expired)')
+                if self.user_key is not None:
+                    connection.execute(f'CREATE INDEX IF NOT EXISTS "{name}_user_{self.user_key}" '
+                                       f"ON {self._quoted} ({self._user_expression})")
                 connection.execute(f"SELECT sid, expired, sess FROM {self._quoted} LIMIT 0")
         except sqlite3_errors() as error:
             raise type(error)(f"SQLiteStore cannot use {self.path!r} (table {table!r}): {error}. It needs a "
@@ -2107,6 +2491,14 @@ class SQLiteStore(_SQLStore):
     def clear(self) -> None:
         self._run(self._clear())
 
+    def sessions_of(self, user: Any) -> dict[str, Document]:
+        """`user`'s live sessions, {sid: document}, found by the JSON of sess (Node's too)."""
+        return self._run(self._sessions_of(user))  # type: ignore[no-any-return]
+
+    def destroy_sessions_of(self, user: Any, keep: str | None = None) -> int:
+        """End `user`'s live sessions but `keep`, in one statement; how many."""
+        return int(self._run(self._destroy_sessions_of(user, keep)))
+
 
 def sqlite3_errors() -> tuple[type[BaseException], ...]:
     import sqlite3
@@ -2159,12 +2551,16 @@ class _PostgresTable(_SQLStore):
     _PRUNE = ("DELETE FROM {table} WHERE sid IN (SELECT sid FROM {table} WHERE expire < to_timestamp(%s) "
               "LIMIT %s FOR UPDATE SKIP LOCKED)")
     _EXISTS = "SELECT 1 FROM {table} WHERE sid = %s AND expire >= to_timestamp(%s)"
+    _USER = "(sess::jsonb -> '{key}')"
+    _USER_IS = "{user} = CAST(%s AS jsonb)"
+    _SESSIONS_OF = "SELECT sid, sess::text FROM {table} WHERE {user} AND expire >= to_timestamp(%s)"
+    _DESTROY_OF = "DELETE FROM {table} WHERE {user} AND sid <> %s AND expire >= to_timestamp(%s)"
     _asynchronous = False
     _pool_example = "psycopg_pool.ConnectionPool(conninfo, open=True)"
 
     def __init__(self, pool: Any, table: str = "session", ttl: int = DAY_MS, create_table: bool = False, *,
-                 touch_after: int | None = None, now: Clock = time.time) -> None:
-        super().__init__(table, ttl, touch_after, now)
+                 touch_after: int | None = None, user_key: str | None = None, now: Clock = time.time) -> None:
+        super().__init__(table, ttl, touch_after, now, user_key)
         store = type(self).__name__
         connection = getattr(pool, "connection", None)
         if not callable(connection):
@@ -2206,6 +2602,11 @@ class _PostgresTable(_SQLStore):
             for statement in self._ddl:
                 yield (statement, (), "count")
         yield (f"SELECT sid, sess, expire FROM {self._quoted} LIMIT 0", (), "count")
+        if self.user_key is not None:   # (an index beside connect-pg-simple's columns: it reads none)
+            name = self._quoted.rsplit(".", 1)[-1][1:-1]
+            yield ("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._quoted,), "one")
+            index = f'CREATE INDEX IF NOT EXISTS "IDX_{name}_{self.user_key}" ON {self._quoted} ({self._user_expression})'
+            yield (index, (), "count")
 
 
 class PostgresStore(_PostgresTable):
@@ -2218,8 +2619,8 @@ class PostgresStore(_PostgresTable):
     """
 
     def __init__(self, pool: Any, table: str = "session", ttl: int = DAY_MS, create_table: bool = False, *,
-                 touch_after: int | None = None, now: Clock = time.time) -> None:
-        super().__init__(pool, table, ttl, create_table, touch_after=touch_after, now=now)
+                 touch_after: int | None = None, user_key: str | None = None, now: Clock = time.time) -> None:
+        super().__init__(pool, table, ttl, create_table, touch_after=touch_after, user_key=user_key, now=now)
         self._run(self._setup(), transaction=True)
         self._ready = True
 
@@ -2264,6 +2665,14 @@ class PostgresStore(_PostgresTable):
 
     def clear(self) -> None:
         self._run(self._clear())
+
+    def sessions_of(self, user: Any) -> dict[str, Document]:
+        """`user`'s live sessions, {sid: document}, found by the JSON of sess (Node's too)."""
+        return self._run(self._sessions_of(user))  # type: ignore[no-any-return]
+
+    def destroy_sessions_of(self, user: Any, keep: str | None = None) -> int:
+        """End `user`'s live sessions but `keep`, in one statement; how many."""
+        return int(self._run(self._destroy_sessions_of(user, keep)))
 
 
 class AsyncPostgresStore(_PostgresTable):
@@ -2320,6 +2729,14 @@ class AsyncPostgresStore(_PostgresTable):
 
     async def clear(self) -> None:
         await self._run(self._clear())
+
+    async def asessions_of(self, user: Any) -> dict[str, Document]:
+        """PostgresStore.sessions_of, awaited."""
+        return await self._run(self._sessions_of(user))  # type: ignore[no-any-return]
+
+    async def adestroy_sessions_of(self, user: Any, keep: str | None = None) -> int:
+        """PostgresStore.destroy_sessions_of, awaited."""
+        return int(await self._run(self._destroy_sessions_of(user, keep)))
 
 
 # ---------------------------------------------------------------------------
@@ -2657,7 +3074,7 @@ if TYPE_CHECKING:
     StoreCall: TypeAlias = tuple[Any, ...]            # (method name, *arguments)
     Steps: TypeAlias = Generator[StoreCall, Any, Any]
 
-_STORE_METHODS = ("get", "set", "destroy", "touch", "update")
+_STORE_METHODS = ("get", "set", "destroy", "touch", "update", "destroy_sessions_of")
 
 
 def _drive(steps: Steps, methods: Mapping[str, Callable[..., Any]]) -> Any:
@@ -2944,6 +3361,17 @@ class _Lifecycle:
         if self.discarded:
             yield from self._destroy_discarded()
         yield from self._save(_encode_data(self.session))
+
+    def destroy_others(self) -> Steps:
+        """session.destroy_other_sessions(): its user's sessions but this one end (section 13)."""
+        store = self.config.store
+        user_key = getattr(store, "user_key", None)
+        if user_key is None:
+            raise _no_user_index(store)
+        user = self.session.get(user_key)
+        if user is None:
+            return 0
+        return (yield ("destroy_sessions_of", user, self.session.id))
 
     def reload(self, sid: str) -> Steps:
         """session.reload() and areload(): the stored copy's data and cookie."""
