@@ -6092,6 +6092,356 @@ class TestOneLoopAsyncPostgresStore(AsyncConcurrencyContract, AsyncTestCase):
 
 
 # ---------------------------------------------------------------------------
+# §13 A user's sessions: sessions_of, destroy_sessions_of, destroy_other_sessions()
+# ---------------------------------------------------------------------------
+
+def login_as(user: Any) -> Callable[[Session, dict[str, Any]], str]:
+    def handler(session: Session, environ: dict[str, Any]) -> str:
+        session.regenerate()
+        session["_user_id"] = user
+        session["device"] = environ.get("PATH_INFO") or environ.get("path")
+        return session.id
+    return handler
+
+
+def whoami(session: Session, environ: dict[str, Any]) -> str:
+    return json.dumps([session.get("_user_id"), session.get("device")])
+
+
+class UserSessionsContract:
+    """Section 13 on a store (subclasses say which: make_user_store), through the WSGI wrapper
+    (the ASGI wrapper for async stores) and the store's own calls."""
+
+    asynchronous = False
+
+    def make_user_store(self, clock: Clock, user_key: str | None = "_user_id") -> Any:
+        raise NotImplementedError
+
+    def plant_others(self, count: int) -> None:
+        """Store `count` sessions of other users (directly, as fast as the store allows)."""
+        for n in range(count):
+            self.call("set", f"other{n:06d}", session_document(self.now_ms() + 600_000, _user_id=f"user{n}"))
+
+    def count_reads(self) -> Any:
+        """A context manager counting the sessions the store reads (where the test can see it)."""
+        return contextlib.nullcontext([])
+
+    def setUp(self) -> None:
+        super().setUp()  # type: ignore[misc]
+        self.clock = Clock(time.time())
+        self.store = self.make_user_store(self.clock)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def call(self, method: str, *arguments: Any) -> Any:
+        if self.asynchronous:
+            twin = getattr(self.store, "a" + method, None) or getattr(self.store, method)
+            return self.loop.run(twin(*arguments))  # type: ignore[attr-defined]
+        return getattr(self.store, method)(*arguments)
+
+    def request(self, handler: Callable[..., Any], cookie: str | None = None, path: str = "/") -> Response:
+        options = {"secret": SECRET, "store": self.store, "now": self.clock, "resave": False}
+        if self.asynchronous:
+            client = ASGIClient(asgi(asgi_text_app(handler), **options))
+            return self.loop.run(client.arequest(path, cookie=cookie))  # type: ignore[attr-defined,no-any-return]
+        return Client(wsgi(text_app(handler), **options)).request(path, cookie=cookie)
+
+    def device(self, user: Any, name: str) -> tuple[str, str]:
+        """A device logged in as `user`: (its cookie header, its session ID)."""
+        response = self.request(login_as(user), path="/" + name)
+        pair = (response.session_cookie() or "").split(";", 1)[0]
+        return pair, sid_of(pair)
+
+    def test_three_devices_listed_others_destroyed_then_all(self) -> None:
+        laptop, phone, shared = (self.device("alice", name) for name in ("laptop", "phone", "shared"))
+        bob = self.device("bob", "bobs")
+        listed = self.call("sessions_of", "alice")
+        self.assertEqual(set(listed), {laptop[1], phone[1], shared[1]})  # type: ignore[attr-defined]
+        self.assertEqual({document["device"] for document in listed.values()}, {"/laptop", "/phone", "/shared"})  # type: ignore[attr-defined]
+        self.assertTrue(all(isinstance(document["cookie"], dict) for document in listed.values()))  # type: ignore[attr-defined]
+        self.assertEqual(list(self.call("sessions_of", "bob")), [bob[1]])  # type: ignore[attr-defined]
+        self.assertEqual(self.call("sessions_of", "nobody"), {})  # type: ignore[attr-defined]
+        # "Log out my other devices", from the laptop.
+        ended = self.request(lambda s, e: (s.adestroy_other_sessions() if self.asynchronous
+                                           else s.destroy_other_sessions()), laptop[0])
+        self.assertEqual(ended.body, b"2")  # type: ignore[attr-defined]
+        self.assertEqual(list(self.call("sessions_of", "alice")), [laptop[1]])  # type: ignore[attr-defined]
+        self.assertEqual(self.request(whoami, phone[0]).body, b"[null, null]", "the phone's cookie: a new session")  # type: ignore[attr-defined]
+        self.assertEqual(json.loads(self.request(whoami, laptop[0]).body), ["alice", "/laptop"])  # type: ignore[attr-defined]
+        self.assertEqual(list(self.call("sessions_of", "bob")), [bob[1]])  # type: ignore[attr-defined]
+        # After a password change: all of them.
+        self.assertEqual(self.call("destroy_sessions_of", "alice"), 1)  # type: ignore[attr-defined]
+        self.assertEqual((self.call("sessions_of", "alice"), self.call("destroy_sessions_of", "alice")), ({}, 0))  # type: ignore[attr-defined]
+        self.assertEqual(self.request(whoami, laptop[0]).body, b"[null, null]")  # type: ignore[attr-defined]
+        self.assertEqual(self.call("destroy_sessions_of", "unknown user"), 0)  # type: ignore[attr-defined]
+
+    def test_keep_spares_one_session(self) -> None:
+        first, second = self.device(7, "a"), self.device(7, "b")
+        self.assertEqual(self.call("destroy_sessions_of", 7, first[1]), 1)  # type: ignore[attr-defined]
+        self.assertEqual(list(self.call("sessions_of", 7)), [first[1]])  # type: ignore[attr-defined]
+        self.assertEqual(self.call("sessions_of", "7"), {}, "values compare as their JSON: 7 is not '7'")  # type: ignore[attr-defined]
+        self.assertIsNone(self.call("get", second[1]))  # type: ignore[attr-defined]
+
+    def test_a_request_held_across_the_logout_does_not_bring_its_session_back(self) -> None:
+        device = self.device("alice", "held")
+        if self.asynchronous:
+            self.skipTest("(the held request runs on the loop: the one-loop contract covers it)")
+        app = wsgi(text_app(counter), store=self.store, now=self.clock, resave=False, rolling=True)
+        held = PausedRequest(app, device[0], set_key("cart", ["book"]))
+        self.assertEqual(self.call("destroy_sessions_of", "alice"), 1)  # type: ignore[attr-defined]
+        response = held.finish()
+        self.assertIsNone(response.session_cookie(), "the ended session's cookie is not sent again")  # type: ignore[attr-defined]
+        self.assertIsNone(self.call("get", device[1]))  # type: ignore[attr-defined]
+        self.assertEqual(self.call("sessions_of", "alice"), {})  # type: ignore[attr-defined]
+
+    def test_a_session_that_changes_user_or_logs_out_moves_or_leaves(self) -> None:
+        cookie, sid = self.device("alice", "moving")
+        self.request(lambda s, e: s.update(_user_id="carol"), cookie)
+        self.assertEqual((self.call("sessions_of", "alice"), list(self.call("sessions_of", "carol"))), ({}, [sid]))  # type: ignore[attr-defined]
+        self.request(lambda s, e: s.pop("_user_id"), cookie)
+        self.assertEqual(self.call("sessions_of", "carol"), {})  # type: ignore[attr-defined]
+        self.assertIsNotNone(self.call("get", sid), "the session itself stays")  # type: ignore[attr-defined]
+        self.request(lambda s, e: s.destroy(), cookie)
+        self.assertIsNone(self.call("get", sid))  # type: ignore[attr-defined]
+
+    def test_expired_sessions_are_not_listed(self) -> None:
+        cookie, _ = self.device("alice", "short")
+        self.request(lambda s, e: setattr(s.cookie, "max_age", 3_000) or s.update(short=True), cookie)
+        long_lived = self.device("alice", "long")
+        self.clock.advance(5_000)
+        self.assertEqual(list(self.call("sessions_of", "alice")), [long_lived[1]])  # type: ignore[attr-defined]
+        self.assertEqual(self.call("destroy_sessions_of", "alice"), 1)  # type: ignore[attr-defined]
+
+    def test_without_user_key_the_error_names_it(self) -> None:
+        store = self.make_user_store(self.clock, user_key=None)
+        for method, arguments in (("sessions_of", ("alice",)), ("destroy_sessions_of", ("alice",))):
+            twin = getattr(store, "a" + method, None) if self.asynchronous else None
+            with self.assertRaisesRegex(TypeError, "keeps no index of users' sessions: build it with "  # type: ignore[attr-defined]
+                                                   "user_key='_user_id'"):
+                if twin is not None:
+                    self.loop.run(twin(*arguments))  # type: ignore[attr-defined]
+                else:
+                    getattr(store, method)(*arguments)
+        self.store = store
+        cookie, _ = self.device("alice", "x")
+        with self.assertRaisesRegex(TypeError, "user_key='_user_id'"):  # type: ignore[attr-defined]
+            self.request(lambda s, e: s.adestroy_other_sessions() if self.asynchronous else s.destroy_other_sessions(),
+                         cookie)
+
+    def test_with_20000_other_sessions_it_reads_only_theirs(self) -> None:
+        mine = {self.device("alice", f"d{n}")[1] for n in range(3)}
+        self.plant_others(20_000)
+        with self.count_reads() as reads:
+            self.assertEqual(set(self.call("sessions_of", "alice")), mine)  # type: ignore[attr-defined]
+        self.assertLessEqual(len(reads), 3, "sessions_of costs that user's sessions, not a scan")  # type: ignore[attr-defined]
+        self.assertEqual(list(self.call("sessions_of", "user12345")), ["other012345"])  # type: ignore[attr-defined]
+
+
+class TestUserSessionsMemoryStore(UserSessionsContract, unittest.TestCase):
+    def make_user_store(self, clock: Clock, user_key: str | None = "_user_id") -> Any:
+        return MemoryStore(now=clock, user_key=user_key)
+
+    def plant_others(self, count: int) -> None:
+        document = session_document(self.now_ms() + 600_000)
+        for n in range(count):
+            self.store.set(f"other{n:06d}", {**document, "_user_id": f"user{n}"})
+
+    @contextlib.contextmanager
+    def count_reads(self) -> Iterator[list[str]]:
+        reads: list[str] = []
+        decode = MemoryStore._decode
+        MemoryStore._decode = staticmethod(lambda entry: reads.append("read") or decode(entry))  # type: ignore[assignment,method-assign]
+        try:
+            yield reads
+        finally:
+            MemoryStore._decode = staticmethod(decode)  # type: ignore[method-assign]
+
+
+class TestUserSessionsFileStore(UserSessionsContract, unittest.TestCase):
+    def make_user_store(self, clock: Clock, user_key: str | None = "_user_id") -> Any:
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        return FileStore(self.folder, now=clock, user_key=user_key)
+
+    def plant_others(self, count: int) -> None:   # (files written directly: 20,000 saves would take long)
+        text = bs._dumps(session_document(self.now_ms() + 600_000))[:-1]
+        for n in range(count):
+            with open(os.path.join(self.folder, f"other{n:06d}.json"), "w", encoding="utf-8") as file:
+                file.write(f'{text},"_user_id":"user{n}","__lastAccess":{self.now_ms()}}}')
+            if n == 12345:
+                self.store._mark(f"other{n:06d}", '"user12345"')
+
+    @contextlib.contextmanager
+    def count_reads(self) -> Iterator[list[str]]:
+        reads: list[str] = []
+        read = bs._read_regular_file
+        bs._read_regular_file = lambda path: reads.append(path) or read(path)  # type: ignore[assignment]
+        try:
+            yield reads
+        finally:
+            bs._read_regular_file = read
+
+    def test_the_index_is_invisible_to_session_file_store(self) -> None:
+        self.device("alice", "laptop")
+        self.assertEqual([name for name in os.listdir(self.folder) if name.endswith(".json")],
+                         [name for name in os.listdir(self.folder) if not name.startswith(".")])
+        self.assertTrue(os.path.isdir(os.path.join(self.folder, ".users")))
+        # reap() takes away markers of sessions that are gone; clear() all of them.
+        _, sid = self.device("alice", "gone")
+        os.unlink(os.path.join(self.folder, sid + ".json"))
+        self.store.reap()
+        self.assertEqual(len(os.listdir(os.path.join(self.folder, ".users", os.listdir(
+            os.path.join(self.folder, ".users"))[0]))), 1)
+        self.store.clear()
+        self.assertEqual(os.listdir(self.folder), [])
+
+
+class TestUserSessionsSQLiteStore(UserSessionsContract, unittest.TestCase):
+    def make_user_store(self, clock: Clock, user_key: str | None = "_user_id") -> Any:
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.path = os.path.join(folder, "sessions.sqlite3")
+        return bs.SQLiteStore(self.path, now=clock, user_key=user_key)
+
+    def plant_others(self, count: int) -> None:
+        import sqlite3
+        text = bs._dumps(session_document(self.now_ms() + 600_000))[:-1]
+        with contextlib.closing(sqlite3.connect(self.path)) as connection, connection:
+            connection.executemany("INSERT INTO sessions (sid, expired, sess) VALUES (?, ?, ?)",
+                                   ((f"other{n:06d}", self.now_ms() + 600_000, f'{text},"_user_id":"user{n}"}}')
+                                    for n in range(count)))
+
+    def test_the_lookup_uses_its_index_and_finds_what_node_wrote(self) -> None:
+        import sqlite3
+        with contextlib.closing(sqlite3.connect(self.path)) as connection:
+            plan = connection.execute("EXPLAIN QUERY PLAN " + self.store._sql["_SESSIONS_OF"], ('"x"', 0)).fetchall()
+        self.assertIn('USING INDEX sessions_user__user_id', " ".join(str(row) for row in plan))
+        with contextlib.closing(sqlite3.connect(self.path)) as connection, connection:   # as connect-sqlite3 writes
+            connection.execute("INSERT INTO sessions VALUES (?, ?, ?)", ("fromnode", self.now_ms() + 60_000, json.dumps(
+                {"cookie": {"originalMaxAge": 60000, "expires": None, "httpOnly": True, "path": "/"}, "_user_id": "alice"})))
+        self.assertEqual(list(self.store.sessions_of("alice")), ["fromnode"])
+
+
+class TestUserSessionsPostgresStore(UserSessionsContract, unittest.TestCase):
+    def make_user_store(self, clock: Clock, user_key: str | None = "_user_id") -> Any:
+        if not hasattr(self, "table"):
+            self.table = postgres_table(self)
+        return bs.PostgresStore(PostgresServer.pool(), table=self.table, create_table=True, now=clock,
+                                user_key=user_key)
+
+    def plant_others(self, count: int) -> None:
+        text = bs._dumps(session_document(self.now_ms() + 600_000))[:-1]
+        with PostgresServer.pool().connection() as connection:
+            connection.execute(f'INSERT INTO "{self.table}" (sid, sess, expire) SELECT '
+                               f"'other' || lpad(n::text, 6, '0'), (%s || ',\"_user_id\":\"user' || n || '\"}}')::json, "
+                               f"to_timestamp(%s) FROM generate_series(0, %s - 1) AS n",
+                               (text, self.now_ms() // 1000 + 600, count))
+            connection.execute(f'ANALYZE "{self.table}"')
+
+    def test_the_lookup_uses_its_index_and_finds_what_node_wrote(self) -> None:
+        self.plant_others(2_000)
+        with PostgresServer.pool().connection() as connection:
+            plan = connection.execute("EXPLAIN " + self.store._sql["_SESSIONS_OF"], ('"user5"', 0)).fetchall()
+            connection.execute(f'INSERT INTO "{self.table}" (sid, sess, expire) VALUES (%s, %s::json, to_timestamp(%s))',
+                               ("fromnode", json.dumps({"cookie": {"originalMaxAge": 60000, "expires": None},
+                                                         "_user_id": "alice"}), self.now_ms() // 1000 + 60))
+        self.assertIn(f"IDX_{self.table}__user_id", " ".join(row[0] for row in plan))
+        self.assertEqual(list(self.store.sessions_of("alice")), ["fromnode"])
+
+
+class TestUserSessionsRedisStore(UserSessionsContract, RedisTestCase):
+    def make_user_store(self, clock: Clock, user_key: str | None = "_user_id") -> Any:
+        return RedisStore(self.redis, prefix=self.prefix, now=clock, user_key=user_key)
+
+    def test_expired_sessions_are_not_listed(self) -> None:
+        self.skipTest("Redis expires keys by its own clock, not the test's (TestRedisStore covers TTLs)")
+
+    def plant_others(self, count: int) -> None:
+        text = bs._dumps(session_document(self.now_ms() + 600_000))[:-1]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for n in range(count):
+                pipe.set(f"{self.prefix}other{n:06d}", f'{text},"_user_id":"user{n}"}}', ex=600)
+            pipe.sadd(f'bunway-users:{self.prefix}"user12345"', "other012345")
+            pipe.execute()
+
+    @contextlib.contextmanager
+    def count_reads(self) -> Iterator[list[str]]:
+        reads: list[str] = []
+        mget = self.store.client.mget
+        self.store.client.mget = lambda keys: reads.extend(keys) or mget(keys)
+        try:
+            yield reads
+        finally:
+            self.store.client.mget = mget
+
+    def test_the_index_is_outside_connect_redis_prefix_and_follows_its_longest_session(self) -> None:
+        self.device("alice", "laptop")
+        keys = [key.decode() for key in self.redis.scan_iter(match="*" + self.prefix + "*")]
+        index = f'bunway-users:{self.prefix}"alice"'
+        self.assertIn(index, keys)
+        self.assertTrue(all(key.startswith(self.prefix) for key in keys if key != index))
+        self.assertEqual(len(self.store.all()), 1, "all() and length() see sessions only")
+        self.assertEqual(self.store.length(), 1)
+        self.assertTrue(86_000_000 < self.redis.pttl(index) <= 86_400_000 + 1000)
+        with self.assertRaisesRegex(ValueError, "would cover its index"):
+            RedisStore(self.redis, prefix="b", user_key="_user_id")
+
+
+class TestUserSessionsAsyncRedisStore(UserSessionsContract, unittest.TestCase):
+    asynchronous = True
+
+    def make_user_store(self, clock: Clock, user_key: str | None = "_user_id") -> Any:
+        if not hasattr(self, "loop"):
+            RedisServer.client().close()
+            redis_asyncio = optional("redis.asyncio")
+            self.loop = LoopThread()
+            self.addCleanup(self.loop.close)
+            self.prefix = f"test:{self.id().rsplit('.', 1)[-1]}:"
+
+            async def make() -> Any:
+                return redis_asyncio.Redis.from_url(RedisServer.url)
+            self.client = self.loop.run(make())
+            self.addCleanup(lambda: self.loop.run(self.cleanup()))
+        return bs.AsyncRedisStore(self.client, prefix=self.prefix, now=clock, user_key=user_key)
+
+    async def cleanup(self) -> None:
+        keys = [key async for key in self.client.scan_iter(match="*" + self.prefix + "*")]
+        if keys:
+            await self.client.delete(*keys)
+        await self.client.aclose() if hasattr(self.client, "aclose") else await self.client.close()
+
+    def test_expired_sessions_are_not_listed(self) -> None:
+        self.skipTest("Redis expires keys by its own clock, not the test's (TestRedisStore covers TTLs)")
+
+    def test_with_20000_other_sessions_it_reads_only_theirs(self) -> None:
+        self.skipTest("(RedisStore runs it: the same index)")
+
+
+class TestUserSessionsAsyncPostgresStore(UserSessionsContract, unittest.TestCase):
+    asynchronous = True
+
+    def make_user_store(self, clock: Clock, user_key: str | None = "_user_id") -> Any:
+        if not hasattr(self, "loop"):
+            PostgresServer.pool()
+            psycopg_pool = optional("psycopg_pool")
+            self.loop = LoopThread()
+            self.addCleanup(self.loop.close)
+            self.table = postgres_table(self)
+
+            async def open_pool() -> Any:
+                pool = psycopg_pool.AsyncConnectionPool(PostgresServer.dsn, min_size=1, max_size=4, open=False)
+                await pool.open()
+                return pool
+            self.pool = self.loop.run(open_pool())
+            self.addCleanup(lambda: self.loop.run(self.pool.close()))
+        return bs.AsyncPostgresStore(self.pool, table=self.table, create_table=True, now=clock, user_key=user_key)
+
+    def test_with_20000_other_sessions_it_reads_only_theirs(self) -> None:
+        self.skipTest("(PostgresStore runs it: the same statement and index)")
+
+
+# ---------------------------------------------------------------------------
 # The README: every Python snippet runs as pasted
 # ---------------------------------------------------------------------------
 
