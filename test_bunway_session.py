@@ -4891,6 +4891,10 @@ def flask_login_app(store: Any, **options: Any) -> Any:
     @app.get("/quiet")
     def quiet() -> Any:
         return {"ok": True}
+
+    @app.post("/others")
+    def others() -> Any:   # "log out my other devices"
+        return {"ended": session.destroy_other_sessions()}
     return app
 
 
@@ -4945,6 +4949,17 @@ class TestFlask(unittest.TestCase):
         response = self.client.post("/logout")
         self.assertIn("Expires=Thu, 01 Jan 1970 00:00:00 GMT", response.headers["Set-Cookie"])
         self.assertIsNone(self.store.get(member))
+
+    def test_a_flask_login_login_appears_in_its_users_sessions(self) -> None:
+        store = MemoryStore(user_key="_user_id")
+        app = flask_login_app(store)
+        devices = [app.test_client() for _ in range(3)]
+        for device in devices:
+            device.post("/login?user=alice")
+        self.assertEqual(len(store.sessions_of("alice")), 3)
+        self.assertEqual(devices[0].post("/others").json, {"ended": 2})
+        self.assertEqual(devices[1].get("/private").status_code, 401)
+        self.assertEqual(devices[0].get("/private").status_code, 200)
 
     def test_flask_session_mixin_new_modified_permanent_accessed(self) -> None:
         first = self.client.get("/mixin?write=1").json
@@ -5376,6 +5391,18 @@ class TestDjango(DjangoTestCase):
         self.assertEqual(client.post("/logout").json(), {"ok": True})
         self.assertIsNone(self.store.get(member))
         self.assertEqual(client.get("/private").status_code, 401)
+
+    def test_a_django_login_appears_in_its_users_sessions(self) -> None:
+        from django.test.utils import override_settings
+        store = MemoryStore(user_key="_auth_user_id")
+        with override_settings(BUNWAY_SESSION={"secret": LONG_SECRET, "store": store}):
+            clients = [self.client() for _ in range(2)]
+            for client in clients:
+                client.post("/login")
+            self.assertEqual(set(store.sessions_of("1")), {self.sid(client) for client in clients})
+            self.assertEqual(store.destroy_sessions_of("1", keep=self.sid(clients[0])), 1)
+            self.assertEqual(clients[1].get("/private").status_code, 401)
+            self.assertEqual(clients[0].get("/private").status_code, 200)
 
     def test_parallel_requests_keep_each_others_keys_and_a_logout_is_final(self) -> None:
         client = self.client()
