@@ -70,6 +70,9 @@ async function main() {
     res.json(me(req));
   });
   app.get('/length', (req, res, next) => store.length((err, n) => err ? next(err) : res.json({ length: n })));
+  // every session the store lists: all() (connect-redis, connect-sqlite3), list() (session-file-store)
+  app.get('/all', (req, res, next) => (store.all || store.list).call(store, (err, all) => err ? next(err)
+    : res.json({ count: Array.isArray(all) ? all.length : Object.keys(all || {}).length })));
   const server = app.listen(Number(process.env.PORT), '127.0.0.1',
                             () => console.log(`listening ${server.address().port}`));
   process.on('SIGTERM', () => server.close(() => process.exit(0)));

@@ -75,6 +75,8 @@ def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
     if (method, path) == ("GET", "/length"):
         status, body = 200, {"length": store.length()}
+    elif (method, path) == ("GET", "/devices"):   # a user's sessions (user_key="user")
+        status, body = 200, {"sessions": sorted(store.sessions_of(query["user"]))}
     else:
         status, body = route(get_session(environ), method, path, query)
     data = json.dumps(body).encode()
@@ -87,14 +89,14 @@ def make_store() -> Any:
     kind = os.environ.get("STORE")
     if kind == "redis":
         import redis
-        return RedisStore(redis.Redis(unix_socket_path=os.environ["REDIS_SOCKET"]), prefix="sess:")
+        return RedisStore(redis.Redis(unix_socket_path=os.environ["REDIS_SOCKET"]), prefix="sess:", user_key="user")
     if kind == "sqlite":
-        return SQLiteStore(os.environ["SQLITE_PATH"], table="sessions")
+        return SQLiteStore(os.environ["SQLITE_PATH"], table="sessions", user_key="user")
     if kind == "postgres":
         from psycopg_pool import ConnectionPool
         return PostgresStore(ConnectionPool(os.environ["PG_DSN"], min_size=1, max_size=8, open=True),
-                             table=os.environ["PG_TABLE"])
-    return FileStore(os.environ["STORE_PATH"])
+                             table=os.environ["PG_TABLE"], user_key="user")
+    return FileStore(os.environ["STORE_PATH"], user_key="user")
 
 
 class Server(ThreadingMixIn, WSGIServer):

@@ -32,14 +32,15 @@ def make_store() -> Any:
     kind = os.environ.get("STORE")
     if kind == "redis":
         import redis.asyncio
-        return AsyncRedisStore(redis.asyncio.Redis(unix_socket_path=os.environ["REDIS_SOCKET"]), prefix="sess:")
+        return AsyncRedisStore(redis.asyncio.Redis(unix_socket_path=os.environ["REDIS_SOCKET"]), prefix="sess:",
+                               user_key="user")
     if kind == "sqlite":
-        return SQLiteStore(os.environ["SQLITE_PATH"], table="sessions")
+        return SQLiteStore(os.environ["SQLITE_PATH"], table="sessions", user_key="user")
     if kind == "postgres":   # the pool opens on the server's event loop, at the first request
         from psycopg_pool import AsyncConnectionPool
         return AsyncPostgresStore(AsyncConnectionPool(os.environ["PG_DSN"], min_size=1, max_size=8, open=False),
-                                  table=os.environ["PG_TABLE"])
-    return FileStore(os.environ["STORE_PATH"])
+                                  table=os.environ["PG_TABLE"], user_key="user")
+    return FileStore(os.environ["STORE_PATH"], user_key="user")
 
 
 store = make_store()
@@ -53,6 +54,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if (method, path) == ("GET", "/length"):
         length = store.length()
         status, body = 200, {"length": await length if inspect.isawaitable(length) else length}
+    elif (method, path) == ("GET", "/devices"):   # a user's sessions (user_key="user")
+        of = getattr(store, "asessions_of", None) or store.sessions_of
+        found = of(query["user"])
+        status, body = 200, {"sessions": sorted(await found if inspect.isawaitable(found) else found)}
     else:
         status, body = route(get_session(scope), method, path, query)
     data = json.dumps(body).encode()

@@ -215,10 +215,47 @@ def each_side_reads_the_others_files(node: Side, python: Side, old_node: Side, s
     assert python_count["length"] == live, (python_count, live)
 
 
+def a_users_sessions_beside_nodes_store(node: Side, python: Side, old_node: Side, store: Any) -> None:
+    """Python keeps an index of each user's sessions (user_key): Node's store does not see it
+    (all() and length() count sessions only), and where the store can query the stored data
+    (SQL) Python finds the sessions Node logged in too."""
+    user = f"carol{int(time.time() * 1000)}"
+    mine = sorted(python.call("POST", f"/login?user={user}")[0]["id"] for _ in range(2))
+    assert python.call("GET", f"/devices?user={user}")[0]["sessions"] == mine, "Python lists its logins"
+    nodes = node.call("POST", f"/login?user={user}")[0]["id"]
+    listed = python.call("GET", f"/devices?user={user}")[0]["sessions"]
+    expected = sorted([*mine, nodes]) if store["kind"] in ("sqlite", "postgres") else mine
+    assert listed == expected, (store["kind"], "what Python finds", listed, expected)
+    if store["kind"] == "postgres":
+        return   # (connect-pg-simple has no all() or length(); the index is on sess: no row or column)
+    held = entries_in(store)
+    counts = (node.call("GET", "/length")[0]["length"], node.call("GET", "/all")[0]["count"])
+    assert counts == (held, held), ("Node's all() and length() see the sessions, not the index", counts, held)
+
+
+def entries_in(store: dict[str, Any]) -> int:
+    """The sessions the store holds (expired ones included), counted as Node's store counts them."""
+    if store["kind"] == "file":
+        return len([name for name in os.listdir(store["path"]) if name.endswith(".json")])
+    if store["kind"] == "redis":
+        import redis
+        client = redis.Redis(unix_socket_path=store["env_REDIS_SOCKET"])
+        try:
+            return len(list(client.scan_iter(match="sess:*")))
+        finally:
+            client.close()
+    import sqlite3
+    connection = sqlite3.connect(store["env_SQLITE_PATH"])
+    try:
+        return int(connection.execute("SELECT count(*) FROM sessions").fetchone()[0])
+    finally:
+        connection.close()
+
+
 SCENARIOS: list[Callable[..., None]] = [
     set_cookie_identical, node_then_python_and_back, python_then_node, flash_crosses_over,
     regenerate_on_one_side, destroy_on_one_side, old_secret_still_verifies,
-    short_max_age_expires_on_both_sides, each_side_reads_the_others_files,
+    short_max_age_expires_on_both_sides, each_side_reads_the_others_files, a_users_sessions_beside_nodes_store,
 ]
 
 
