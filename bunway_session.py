@@ -33,6 +33,7 @@ import functools
 import hashlib
 import heapq
 import hmac
+import importlib
 import inspect
 import json
 import json.encoder
@@ -4134,6 +4135,12 @@ class QuartSessionInterface(_SessionInterface):
         self._add_headers(response, session, set_cookies)
 
 
+def _framework(module: str) -> Any:
+    """A framework's module (Django, asgiref), imported only when that framework asks for
+    this module's part of it: the module itself depends on nothing outside the standard library."""
+    return importlib.import_module(module)
+
+
 _DJANGO_OPTIONS = ("secret", "store", "executor")
 _DJANGO_CONFIG: list[Any] = [None, None]   # [the BUNWAY_SESSION it was built from, the config]
 
@@ -4141,8 +4148,8 @@ _DJANGO_CONFIG: list[Any] = [None, None]   # [the BUNWAY_SESSION it was built fr
 def _django_config() -> _SessionConfig:
     """The config Django's sessions run on, from settings.BUNWAY_SESSION (built again when
     the setting changes, as under override_settings)."""
-    from django.conf import settings  # type: ignore[import-not-found,unused-ignore]
-    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-not-found,unused-ignore]
+    settings = _framework("django.conf").settings
+    ImproperlyConfigured = _framework("django.core.exceptions").ImproperlyConfigured
 
     raw = getattr(settings, "BUNWAY_SESSION", None)
     if _DJANGO_CONFIG[0] is raw and _DJANGO_CONFIG[1] is not None:
@@ -4175,16 +4182,15 @@ def _django_session_store() -> type:
     plain JSON session document in the bunway store under the session ID, and whose
     session_key is the cookie value express-session reads ("s%3A<id>.<signature>")."""
     try:
-        from django.contrib.sessions.backends.base import (  # type: ignore[import-not-found,unused-ignore]
-            SessionBase,
-            UpdateError,
-        )
+        base = _framework("django.contrib.sessions.backends.base")
     except ImportError:
         raise ImportError("bunway_session.SessionStore is the Django session engine (SESSION_ENGINE = "
                           "'bunway_session') and needs Django: pip install django. (The store protocol "
                           "that had this name is bunway_session.Store.)") from None
 
-    class SessionStore(SessionBase):  # type: ignore[misc]
+    SessionBase, UpdateError = base.SessionBase, base.UpdateError
+
+    class SessionStore(SessionBase):  # type: ignore[misc,valid-type]
         """request.session under SESSION_ENGINE = "bunway_session". Django's middleware and
         settings decide when to save and the cookie's attributes; the stored `cookie` object
         mirrors them. A save applies only the keys this request changed (section 8), and a
@@ -4220,17 +4226,13 @@ def _django_session_store() -> type:
             else:  # on the event loop's thread
                 if calls.inline:
                     return _drive(steps, calls.sync)
-                from django.core.exceptions import (  # type: ignore[import-not-found,unused-ignore]
-                    SynchronousOnlyOperation,
-                )
-                raise SynchronousOnlyOperation(
+                raise _framework("django.core.exceptions").SynchronousOnlyOperation(
                     f"request.session with {type(self._bunway.store).__name__} would block the event loop "
                     "here: use the async methods (await request.session.aget(...), aset, apop, asave...)")
             if "get" in calls.sync:
                 return _drive(steps, calls.sync)
             # An async-only store, from a sync thread: Django's asgiref runs it on an event loop.
-            from asgiref.sync import async_to_sync  # type: ignore[import-not-found,unused-ignore]
-            return async_to_sync(_adrive)(steps, calls.acall)
+            return _framework("asgiref.sync").async_to_sync(_adrive)(steps, calls.acall)
 
         async def _arun(self, steps: Steps) -> Any:
             calls = self._bunway._calls
@@ -4260,7 +4262,7 @@ def _django_session_store() -> type:
 
         def _cookie(self) -> SessionCookie:
             """The stored cookie object, as Django's settings and this session make the cookie."""
-            from django.conf import settings  # type: ignore[import-not-found,unused-ignore]
+            settings = _framework("django.conf").settings
             max_age = None if self.get_expire_at_browser_close() else self.get_expiry_age() * 1000
             now_ms = _now_ms(self._bunway._now)
             same_site = settings.SESSION_COOKIE_SAMESITE
