@@ -572,6 +572,86 @@ class CountingConnection:
         return self.connection.execute(sql, parameters)
 
 
+def user_stores(folder: str, redis_socket: str | None, dsn: str | None) -> Iterator[tuple[str, Any, Callable[[int], None]]]:
+    """Each store with user_key, and how to fill it fast with sessions of other users."""
+    expires = int(time.time() * 1000) + DAY_MS
+    text = bs._dumps({"cookie": {"originalMaxAge": DAY_MS, "expires": bs._iso_ms(expires), "httpOnly": True,
+                                 "path": "/"}})[:-1]
+
+    def others(n: int) -> str:
+        return f'{text},"_user_id":"user{n}"}}'
+    memory = bs.MemoryStore(user_key="_user_id")
+    yield "memory", memory, lambda count: [memory.set(f"other{n}", json.loads(others(n))) for n in range(count)]
+    files = os.path.join(folder, "users-file")
+    store = bs.FileStore(files, user_key="_user_id")
+
+    def fill_files(count: int) -> None:
+        for n in range(count):
+            with open(os.path.join(files, f"other{n}.json"), "w", encoding="utf-8") as file:
+                file.write(others(n)[:-1] + f',"__lastAccess":{int(time.time() * 1000)}}}')
+            store._mark(f"other{n}", f'"user{n}"')
+    yield "file", store, fill_files
+    sqlite = bs.SQLiteStore(os.path.join(folder, "users.sqlite3"), user_key="_user_id")
+
+    def fill_sqlite(count: int) -> None:
+        with sqlite._connection() as connection:
+            connection.execute("BEGIN")
+            connection.executemany("INSERT INTO sessions (sid, expired, sess) VALUES (?, ?, ?)",
+                                   ((f"other{n}", expires, others(n)) for n in range(count)))
+            connection.execute("COMMIT")
+    yield "sqlite", sqlite, fill_sqlite
+    if redis_socket is not None:
+        import redis
+        client = redis.Redis(unix_socket_path=redis_socket)
+        redis_store = bs.RedisStore(client, prefix="users:", user_key="_user_id")
+
+        def fill_redis(count: int) -> None:
+            with client.pipeline(transaction=False) as pipe:
+                for n in range(count):
+                    pipe.set(f"users:other{n}", others(n), ex=DAY_MS // 1000)
+                    pipe.sadd(f'bunway-users:users:"user{n}"', f"other{n}")
+                pipe.execute()
+        yield "redis", redis_store, fill_redis
+    if dsn is not None:
+        from psycopg_pool import ConnectionPool
+        pool = ConnectionPool(dsn, min_size=1, max_size=2, open=True)
+        table = "users_" + secrets.token_hex(4)
+        pg = bs.PostgresStore(pool, table=table, create_table=True, user_key="_user_id")
+
+        def fill_pg(count: int) -> None:
+            with pool.connection() as connection:
+                connection.execute(f'INSERT INTO "{table}" (sid, sess, expire) SELECT \'other\' || n, '
+                                   f"(%s || ',\"_user_id\":\"user' || n || '\"}}')::json, to_timestamp(%s) "
+                                   f"FROM generate_series(0, %s - 1) AS n", (text, expires // 1000, count))
+                connection.execute(f'ANALYZE "{table}"')
+        yield "postgres", pg, fill_pg
+        with pool.connection() as connection:
+            connection.execute(f'DROP TABLE "{table}"')
+        pool.close()
+
+
+def report_users(folder: str, redis_socket: str | None, dsn: str | None) -> None:
+    """sessions_of and destroy_sessions_of for a user with 3 sessions among 100,000 others."""
+    print("\nA user's sessions: µs for a user with 3 sessions, 100,000 other sessions in the store (medians)")
+    print(f"{'store':<10}{'sessions_of':>14}{'destroy_sessions_of':>22}")
+    document = {"cookie": {"originalMaxAge": DAY_MS, "expires": bs._iso_ms(int(time.time() * 1000) + DAY_MS),
+                           "httpOnly": True, "path": "/"}, "_user_id": "alice"}
+    for label, store, fill in user_stores(folder, redis_socket, dsn):
+        fill(100_000)
+        listing, ending = [], []
+        for _ in range(max(5, ROUNDS)):
+            for n in range(3):
+                store.set(f"alice{n}", dict(document))
+            start = time.perf_counter()
+            found = store.sessions_of("alice")
+            listing.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            ended = store.destroy_sessions_of("alice")
+            ending.append(time.perf_counter() - start)
+            assert (len(found), ended) == (3, 3), (label, len(found), ended)
+        print(f"{label:<10}{statistics.median(listing) * 1e6:14.1f}{statistics.median(ending) * 1e6:22.1f}")
+
+
 def report_sql(folder: str, dsn: str | None) -> None:
     """W1-W3 through SessionMiddleware with SQLiteStore and PostgresStore, beside FileStore,
     interleaved; and the statements (SQLite) or round trips (PostgreSQL) a request costs."""
@@ -716,6 +796,7 @@ def report_asgi(folder: str, misses: list[str]) -> None:
         if dsn is None:
             print("\nPostgreSQL or psycopg is missing: no PostgreSQL rows")
         report_sql(folder, dsn)
+        report_users(folder, redis_socket, dsn)
     if "ours (async redis)" not in labels:
         print("\nASGI: redis-server or redis-py is missing: no Redis rows")
     print(f"\nASGI: a Starlette {starlette.__version__} app in-process, µs per request over the bare app"
