@@ -935,6 +935,14 @@ def _no_user_index(store: Any) -> TypeError:
                      "'_auth_user_id') to use sessions_of, destroy_sessions_of and destroy_other_sessions()")
 
 
+class _StoredDocument(dict):  # type: ignore[type-arg]
+    """A document MemoryStore returns, with the JSON of its data as stored (what encoding the
+    loaded session would give again): the lifecycle's reference copy, without encoding it."""
+
+    __slots__ = ("data_json",)
+    data_json: str
+
+
 _MAX_COOKIE_SHAPES = 64
 if TYPE_CHECKING:
     _MemoryEntry: TypeAlias = tuple[str, dict[str, Any], int | None, int]
@@ -988,8 +996,10 @@ class MemoryStore:
         data, shape, expires, _ = entry
         cookie = dict(shape)
         cookie["expires"] = None if expires is None else _iso_ms(expires)
-        document: Document = {"cookie": cookie}
+        document = _StoredDocument()
+        document["cookie"] = cookie
         document.update(_loads(data))
+        document.data_json = data
         return document
 
     def _live(self, sid: str, now_ms: int) -> _MemoryEntry | None:
@@ -1840,10 +1850,10 @@ class _RedisFormat:
         return user_json, self._index(user_json)
 
     def _queue_index_expiry(self, pipe: Any, user: str, seconds: int) -> None:
-        """Keep the user's index as long as its longest-lived session (Redis 7: NX, then GT)."""
-        at = _now_ms(self._now) + seconds * 1000
-        pipe.pexpireat(self._index(user), at, nx=True)
-        pipe.pexpireat(self._index(user), at, gt=True)
+        """Keep the user's index as long as its longest-lived session (Redis 7: NX, then GT). A
+        TTL, as the sessions' own, so Redis's clock decides, never a moment of this one's."""
+        pipe.expire(self._index(user), seconds, nx=True)
+        pipe.expire(self._index(user), seconds, gt=True)
 
     def _mine(self, raw: Any, sid: str, user: str) -> bool:
         document = None if raw is None else self._document(self._key(sid), raw)
@@ -3130,10 +3140,6 @@ class _StoreCalls:
         self.can_touch = "touch" in self.sync or "touch" in self.twins
         self.can_update = "update" in self.sync or "update" in self.twins
 
-    async def aget(self, sid: str) -> Any:
-        """The store's get, from the event loop (inline when the store never blocks)."""
-        return self.sync["get"](sid) if self.inline else await self.acall(("get", sid))
-
     async def acall(self, step: StoreCall) -> Any:
         """Make one store call from the event loop."""
         name = step[0]
@@ -3219,7 +3225,8 @@ class _Lifecycle:
             session = self.config._session_class({}, None, None, True, self)
         else:
             self.loaded_id = session._id
-            self.original_json = _encode_data(session)
+            stored_json = document.data_json if isinstance(document, _StoredDocument) else None
+            self.original_json = stored_json if stored_json is not None else _encode_data(session)
             login_key = self.config.login_key
             if login_key is not None and login_key in session:
                 self.original_login = _dumps(session[login_key])
@@ -3814,7 +3821,11 @@ class ASGISessionMiddleware(_SessionConfig):
         lifecycle = _Lifecycle(self, scope, _scope_is_secure(scope, self.proxy), _scope_cookie_header(scope),
                                options, asyncio.get_running_loop(), websocket)
         sid = lifecycle.cookie_id
-        session = lifecycle.load(None if sid is None else await self._calls.aget(sid))
+        document = None
+        if sid is not None:   # (a store that never blocks is called directly: no coroutine to await)
+            calls = self._calls
+            document = calls.sync["get"](sid) if calls.inline else await calls.acall(("get", sid))
+        session = lifecycle.load(document)
         scope = dict(scope)
         scope[ENVIRON_KEY] = session
         if "session" not in scope:
@@ -4118,7 +4129,9 @@ class QuartSessionInterface(_SessionInterface):
         lifecycle = _Lifecycle(self, scope, _scope_is_secure(scope, self.proxy), _scope_cookie_header(scope),
                                options, asyncio.get_running_loop(), scope.get("type") == "websocket")
         sid = lifecycle.cookie_id
-        return self._opened(app, scope, lifecycle, None if sid is None else await self._calls.aget(sid))
+        calls = self._calls
+        document = None if sid is None else calls.sync["get"](sid) if calls.inline else await calls.acall(("get", sid))
+        return self._opened(app, scope, lifecycle, document)
 
     async def make_null_session(self, app: Any) -> _NoSession:
         return _NoSession(self._cookie_options.path)

@@ -506,6 +506,125 @@ async def asgi_cookie(app: Any, name: str) -> str:
 ASGI_STORES = ("memory", "file")
 
 
+class FloorASGISession(dict):  # type: ignore[type-arg]
+    pass
+
+
+class FloorASGI:
+    """The ASGI floor: a minimal correct session middleware, and nothing more. Cookie parse,
+    unquote, HMAC-SHA256 verified with hmac.new and compare_digest; a dict store sid -> (JSON,
+    expiry ms) with an expiry check and json.loads; a dict session in scope["session"] and its
+    JSON at load; the start message held until the first body; then a new session with data
+    gets an ID, a store write and a signed Set-Cookie with Expires, a changed one is written
+    again with a Set-Cookie, an unchanged one has its expiry moved. No options, no validation,
+    no locking (and naive: a new HMAC object a request, json.dumps twice)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.key = app, SECRET.encode()
+        self.data: dict[str, tuple[str, int]] = {}
+
+    def sign(self, value: str) -> str:
+        return base64.b64encode(hmac.new(self.key, value.encode(), hashlib.sha256).digest()).decode().rstrip("=")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sid = None
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                for part in value.decode("latin-1").split(";"):
+                    cookie_name, _, cookie_value = part.strip().partition("=")
+                    if cookie_name == "connect.sid":
+                        cookie_value = unquote(cookie_value)
+                        if cookie_value.startswith("s:"):
+                            candidate, _, signature = cookie_value[2:].rpartition(".")
+                            if hmac.compare_digest(self.sign(candidate), signature):
+                                sid = candidate
+                        break
+        entry = self.data.get(sid) if sid else None
+        if entry is not None and entry[1] <= time.time() * 1000:
+            entry = None
+        if entry is None:
+            sid, session, original = None, FloorASGISession(), "{}"
+        else:
+            session = FloorASGISession(json.loads(entry[0]))
+            original = json.dumps(session)
+        scope = dict(scope)
+        scope["session"] = session
+        held: list[Any] = []
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            nonlocal sid
+            if message["type"] == "http.response.start":
+                held.append(message)
+                return
+            if held:
+                start = held.pop()
+                text = json.dumps(session)
+                expires = int(time.time() * 1000) + DAY_MS
+                headers = list(start.get("headers", []))
+                if (sid is None and session) or (sid is not None and text != original):
+                    if sid is None:
+                        sid = secrets.token_urlsafe(24)
+                    self.data[sid] = (text, expires)
+                    value = quote(f"s:{sid}.{self.sign(sid)}", safe="")
+                    headers.append((b"set-cookie", (f"connect.sid={value}; Path=/; Expires="
+                                                    f"{formatdate(expires / 1000, usegmt=True)}; HttpOnly; "
+                                                    "SameSite=Lax").encode("latin-1")))
+                elif sid is not None:
+                    self.data[sid] = (self.data[sid][0], expires)
+                await send({**start, "headers": headers})
+            await send(message)
+        await self.app(scope, receive, send_wrapper)
+
+
+async def asgi_memory_rows(rounds: int) -> dict[str, dict[str, float]]:
+    """W1-W3 with a memory store: ours, the ASGI floor, Starlette's cookie middleware and
+    starsessions, interleaved round by round (resave=False, save_uninitialized=False)."""
+    kinds: dict[str, list[Any]] = {
+        "ours": [Middleware(bs.ASGISessionMiddleware, secret=SECRET, store=bs.MemoryStore(), resave=False,
+                            save_uninitialized=False)],
+        "floor": [Middleware(FloorASGI)],
+        "starlette cookie": [Middleware(StarletteCookieSessions, secret_key=SECRET)]}
+    if starsessions is not None:
+        kinds["starsessions"] = [Middleware(starsessions.SessionMiddleware, store=starsessions.InMemoryStore(),
+                                            lifetime=DAY_MS // 1000, cookie_https_only=False),
+                                 Middleware(starsessions.SessionAutoloadMiddleware)]
+    bare = ASGIContestant("bare", starlette_app(None, []))
+    contestants: list[ASGIContestant] = [bare]
+    for label, middleware in kinds.items():
+        w3 = starlette_app(True, middleware)
+        cookie = await asgi_cookie(w3, "connect.sid" if label in ("ours", "floor") else "session")
+        contestants += [ASGIContestant(f"{label} W1", starlette_app(True, middleware)),
+                        ASGIContestant(f"{label} W2", starlette_app(False, middleware), cookie),
+                        ASGIContestant(f"{label} W3", w3, cookie)]
+    await measure_asgi(contestants, rounds)
+    base = median(bare)
+    cost = {c.name: median(c) - base for c in contestants[1:]}
+    return {w: {label: cost[f"{label} {w}"] for label in kinds} for w in ("W1", "W2", "W3")}
+
+
+def report_asgi_memory(misses: list[str]) -> None:
+    if starlette is None:
+        return
+    table = asyncio.run(asgi_memory_rows(max(ROUNDS, 21)))
+    labels = list(next(iter(table.values())))
+    print(f"\nASGI, memory (a Starlette {starlette.__version__} app; resave=False, save_uninitialized=False): "
+          "µs per request over the bare app, medians of interleaved rounds")
+    print(f"{'workload':<10}" + "".join(f"{label:>18}" for label in labels) + f"{'ours/floor':>12}"
+          + "".join(f"{label + '/ours':>22}" for label in labels[2:]))
+    for workload, costs in table.items():
+        ours = costs["ours"]
+        print(f"{workload:<10}" + "".join(f"{costs[label]:18.1f}" for label in labels) + f"{ours / costs['floor']:12.2f}"
+              + "".join(f"{costs[label] / ours:22.2f}" for label in labels[2:]))
+        if ours > 1.15 * costs["floor"]:
+            misses.append(f"ASGI {workload}: {ours / costs['floor']:.2f}x the ASGI floor (target 1.15)")
+        for rival in labels[2:]:
+            if ours >= costs[rival]:
+                misses.append(f"ASGI {workload}: not faster than {rival} ({ours:.1f} vs {costs[rival]:.1f} µs)")
+
+
 @contextlib.contextmanager
 def private_postgres(folder: str) -> Iterator[str | None]:
     """BUNWAY_PG_DSN, or a private cluster in `folder` (.ci/postgres); None without PostgreSQL

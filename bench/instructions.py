@@ -37,7 +37,7 @@ def run_contestant(kind: str, name: str, workload: str, requests: int) -> None:
         def app(write: bool | None) -> Any:
             if write is None:
                 return B.bare_app
-            return bs.SessionMiddleware(B.make_app(lambda e: e["bunway.session"], write), secret="s",
+            return bs.SessionMiddleware(B.make_app(lambda e: e["bunway.session"], write), secret=B.SECRET,
                                         store=store, resave=False)
         w3 = app(True)
         cookie = B.returning(w3) if workload != "bare" else None
@@ -49,9 +49,10 @@ def run_contestant(kind: str, name: str, workload: str, requests: int) -> None:
 
     async def asgi() -> None:
         middleware = {"bare": [],
-                      "ours": [B.Middleware(bs.ASGISessionMiddleware, secret="s", store=bs.MemoryStore(),
-                                            resave=False)],
-                      "starlette cookie": [B.Middleware(B.StarletteCookieSessions, secret_key="s")]}
+                      "ours": [B.Middleware(bs.ASGISessionMiddleware, secret=B.SECRET, store=bs.MemoryStore(),
+                                            resave=False, save_uninitialized=False)],
+                      "floor": [B.Middleware(B.FloorASGI)],
+                      "starlette cookie": [B.Middleware(B.StarletteCookieSessions, secret_key=B.SECRET)]}
         if B.starsessions is not None:
             middleware["starsessions"] = [
                 B.Middleware(B.starsessions.SessionMiddleware, store=B.starsessions.InMemoryStore(),
@@ -62,7 +63,7 @@ def run_contestant(kind: str, name: str, workload: str, requests: int) -> None:
             target, c = B.starlette_app(None, []), None
         else:
             w3 = B.starlette_app(True, layers)
-            cookie = await B.asgi_cookie(w3, "connect.sid" if name == "ours" else "session")
+            cookie = await B.asgi_cookie(w3, "connect.sid" if name in ("ours", "floor") else "session")
             target, c = {"W1": (B.starlette_app(True, layers), None), "W2": (B.starlette_app(False, layers), cookie),
                          "W3": (w3, cookie)}[workload]
         for _ in range(200 + requests):
@@ -89,12 +90,13 @@ def main() -> int:
     print(f"instructions per request (callgrind; {N} and {3 * N} requests), net of the bare app")
     bare = count("wsgi", "memory", "bare")
     print(f"\nWSGI (bare app: {bare})")
-    for workload in ("W1", "W2", "W3"):
+    only = os.environ.get("BENCH_ONLY")   # "asgi" or "wsgi": one half
+    for workload in ("W1", "W2", "W3") if only != "asgi" else ():
         print(f"  memory {workload}  {count('wsgi', 'memory', workload) - bare:8,}")
     if B.starlette is None:
         print("\nASGI: Starlette is not installed: no ASGI rows (make bench-instructions installs it)")
         return 0
-    names = ["ours", "starlette cookie"] + (["starsessions"] if B.starsessions is not None else [])
+    names = ["ours", "floor", "starlette cookie"] + (["starsessions"] if B.starsessions is not None else [])
     bare = count("asgi", "bare", "bare")
     print(f"\nASGI, a Starlette app (bare app: {bare})")
     print(f"  {'workload':<9}" + "".join(f"{name:>18}" for name in names))
