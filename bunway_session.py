@@ -392,8 +392,35 @@ def _document_expires_ms(document: Mapping[str, Any]) -> int | None:
     return _cookie_expires_ms(cookie) if isinstance(cookie, dict) else None
 
 
+class _CookieObject(dict):  # type: ignore[type-arg]
+    """A `cookie` object SessionCookie.to_dict() made, which remembers its expiry in ms: the
+    stores read it back without parsing the ISO date they were just given."""
+
+    __slots__ = ("expires_ms",)
+    expires_ms: int | None
+
+
+class _LoadedDocument(dict):  # type: ignore[type-arg]
+    """A document MemoryStore's get returns, with the JSON of its data as stored (what encoding
+    the loaded session gives again): the lifecycle's reference copy, without encoding it."""
+
+    __slots__ = ("data_json",)
+    data_json: str
+
+
+class _SavedDocument(dict):  # type: ignore[type-arg]
+    """A document the lifecycle hands a store's set, with the JSON of its data (None: not made):
+    MemoryStore stores it without encoding again. (Only the lifecycle makes these, and nobody
+    changes them between: a document from get that an app changes and sets is a plain one.)"""
+
+    __slots__ = ("data_json",)
+    data_json: str | None
+
+
 def _cookie_expires_ms(cookie: Mapping[str, Any]) -> int | None:
     """The same, of a stored cookie object."""
+    if cookie.__class__ is _CookieObject:
+        return cookie.expires_ms
     expires = cookie.get("expires")
     if expires is None:
         return None
@@ -529,11 +556,18 @@ class SessionCookie:
     def to_dict(self) -> Document:
         """The stored `cookie` object, field for field and in express-session's order."""
         expires = None if self._expires_ms is None else _iso_ms(self._expires_ms)
+        data = _CookieObject()
+        data.expires_ms = self._expires_ms
         if not self.partitioned and self.priority is None and self.domain is None and self.same_site is not None:
-            # The usual cookie, in one literal (the same fields in the same order as below).
-            return {"originalMaxAge": self.original_max_age, "expires": expires, "secure": self.secure,
-                    "httpOnly": self.http_only, "path": self.path, "sameSite": self.same_site}
-        data: Document = {"originalMaxAge": self.original_max_age}
+            # The usual cookie (the same fields in the same order as below).
+            data["originalMaxAge"] = self.original_max_age
+            data["expires"] = expires
+            data["secure"] = self.secure
+            data["httpOnly"] = self.http_only
+            data["path"] = self.path
+            data["sameSite"] = self.same_site
+            return data
+        data["originalMaxAge"] = self.original_max_age
         if self.partitioned:
             data["partitioned"] = True
         if self.priority is not None:
@@ -559,13 +593,7 @@ class SessionCookie:
         get = data.get
         # Every loaded session makes one: set the fields directly (keyword binding costs more).
         cookie = cls.__new__(cls)
-        expires = get("expires")
-        if expires is None:
-            cookie._expires_ms = None
-        elif expires.__class__ is str:
-            cookie._expires_ms = _parse_iso_ms(expires)
-        else:
-            raise ValueError(f"cookie.expires is not a timestamp: {expires!r}")
+        cookie._expires_ms = _cookie_expires_ms(data)
         original = get("originalMaxAge")
         if original.__class__ is float and math.isfinite(original):
             original = int(original)
@@ -831,10 +859,13 @@ def _json_problem(value: Any) -> str | None:
     return None
 
 
-def _document(cookie: SessionCookie, data: Mapping[str, Any]) -> Document:
-    """The stored document: the `cookie` object first, then the data, as express-session writes it."""
-    document: Document = {"cookie": cookie.to_dict()}
+def _document(cookie: SessionCookie, data: Mapping[str, Any], data_json: str | None = None) -> Document:
+    """The stored document: the `cookie` object first, then the data, as express-session writes it.
+    With `data_json` (the data's JSON, already made), MemoryStore stores it without encoding again."""
+    document = _SavedDocument()
+    document["cookie"] = cookie.to_dict()
     document.update(data)
+    document.data_json = data_json
     return document
 
 
@@ -935,14 +966,6 @@ def _no_user_index(store: Any) -> TypeError:
                      "'_auth_user_id') to use sessions_of, destroy_sessions_of and destroy_other_sessions()")
 
 
-class _StoredDocument(dict):  # type: ignore[type-arg]
-    """A document MemoryStore returns, with the JSON of its data as stored (what encoding the
-    loaded session would give again): the lifecycle's reference copy, without encoding it."""
-
-    __slots__ = ("data_json",)
-    data_json: str
-
-
 _MAX_COOKIE_SHAPES = 64
 if TYPE_CHECKING:
     _MemoryEntry: TypeAlias = tuple[str, dict[str, Any], int | None, int]
@@ -994,9 +1017,10 @@ class MemoryStore:
     @staticmethod
     def _decode(entry: _MemoryEntry) -> Document:
         data, shape, expires, _ = entry
-        cookie = dict(shape)
+        cookie = _CookieObject(shape)
         cookie["expires"] = None if expires is None else _iso_ms(expires)
-        document = _StoredDocument()
+        cookie.expires_ms = expires
+        document = _LoadedDocument()
         document["cookie"] = cookie
         document.update(_loads(data))
         document.data_json = data
@@ -1060,7 +1084,8 @@ class MemoryStore:
         now_ms = int(self._now() * 1000)
         data = dict(session)
         cookie = data.pop("cookie", None) or {}
-        entry = self._entry(_dumps(data), cookie, now_ms)
+        data_json = session.data_json if session.__class__ is _SavedDocument else None
+        entry = self._entry(_dumps(data) if data_json is None else data_json, cookie, now_ms)
         with self._lock:
             self._store(sid, entry, now_ms)
             if self.user_key is not None:
@@ -1075,14 +1100,18 @@ class MemoryStore:
             entry = self._live(sid, now_ms)
             if entry is None:
                 return False
-            data = _loads(entry[0])
-            _apply_changes(data, changes, deleted)
-            if cookie is None:  # the stored cookie and expiry stay as they are
-                self._entries[sid] = (_dumps(data), entry[1], entry[2], entry[3])
+            if changes.__class__ is _Changes and entry[0] == changes.base_json and self.user_key is None:
+                data_json = changes.data_json   # (unchanged since this request loaded it: no merge to do)
             else:
-                self._store(sid, self._entry(_dumps(data), cookie, now_ms, entry[1]), now_ms)
-            if self.user_key is not None:
-                self._index(sid, _user_of(data, self.user_key))
+                data = _loads(entry[0])
+                _apply_changes(data, changes, deleted)
+                data_json = _dumps(data)
+                if self.user_key is not None:
+                    self._index(sid, _user_of(data, self.user_key))
+            if cookie is None:  # the stored cookie and expiry stay as they are
+                self._entries[sid] = (data_json, entry[1], entry[2], entry[3])
+            else:
+                self._store(sid, self._entry(data_json, cookie, now_ms, entry[1]), now_ms)
             return True
 
     def touch(self, sid: str, session: Document) -> bool:
@@ -3213,7 +3242,7 @@ class _Lifecycle:
             stored_cookie = document.pop("cookie", None)
             document.pop("__lastAccess", None)  # another store's bookkeeping, not session data
             cookie: SessionCookie | None = None    # (no cookie object: no session, section 10)
-            if stored_cookie.__class__ is dict:
+            if isinstance(stored_cookie, dict):
                 try:
                     cookie = SessionCookie.from_dict(stored_cookie, self.config._now)
                 except ValueError:  # an unusable stored cookie: a new session instead
@@ -3225,7 +3254,7 @@ class _Lifecycle:
             session = self.config._session_class({}, None, None, True, self)
         else:
             self.loaded_id = session._id
-            stored_json = document.data_json if isinstance(document, _StoredDocument) else None
+            stored_json = document.data_json if isinstance(document, _LoadedDocument) else None
             self.original_json = stored_json if stored_json is not None else _encode_data(session)
             login_key = self.config.login_key
             if login_key is not None and login_key in session:
@@ -3385,8 +3414,8 @@ class _Lifecycle:
         """session.reload() and areload(): the stored copy's data and cookie."""
         document = yield ("get", sid)
         stored_cookie = document.pop("cookie", None) if document is not None else None
-        if stored_cookie.__class__ is not dict:
-            raise LookupError(f"session {sid!r} is no longer in the store (destroyed or expired); "
+        if not isinstance(stored_cookie, dict):  # (a document without its cookie object is none)
+            raise LookupError(f"session {sid!r} is no longer in the store (destroyed or expired); "  # noqa: TRY004
                               "it cannot be reloaded")
         cookie = SessionCookie.from_dict(stored_cookie, self.config._now)
         document.pop("__lastAccess", None)
@@ -3411,7 +3440,7 @@ class _Lifecycle:
                 self.gone = True
                 return
         else:
-            yield ("set", session.id, _document(cookie, session), cookie.max_age)
+            yield ("set", session.id, _document(cookie, session, data_json), cookie.max_age)
         self.saved_id, self.saved_json = session._id, data_json
 
     def _destroy_discarded(self) -> Steps:
@@ -3504,13 +3533,24 @@ class _Lifecycle:
 _PLAIN_SCALARS = (str, int, bool, type(None))   # == agrees with their JSON (not float's: -0.0 == 0.0)
 
 
+class _Changes(dict):  # type: ignore[type-arg]
+    """update()'s changes, with the JSON they were found between: MemoryStore, seeing that the
+    stored copy is still the one this request loaded (nobody wrote meanwhile), stores the new
+    JSON as it is instead of decoding, merging and encoding again."""
+
+    __slots__ = ("base_json", "data_json")
+    base_json: str
+    data_json: str
+
+
 def _changed_keys(base_json: str, data_json: str, data: Mapping[str, Any]
                   ) -> tuple[dict[str, Any], list[str]]:
     """The top-level keys set (new or with a different JSON value) and deleted since `base_json`."""
     if base_json == data_json:
         return {}, []
     base = _loads(base_json)
-    changes = {}
+    changes = _Changes()
+    changes.base_json, changes.data_json = base_json, data_json
     for key, value in data.items():
         if key not in base:
             changes[key] = value
