@@ -932,12 +932,6 @@ def report_asgi(folder: str, misses: list[str]) -> None:
         if "ours (async redis)" in costs and workload != "W1" \
                 and costs["ours (async redis)"] >= costs["ours (redis, thread)"]:
             misses.append(f"ASGI {workload}: AsyncRedisStore not faster than RedisStore on a thread")
-        if workload == "W1" and ours > 1.10 * costs["starlette cookie"]:
-            misses.append(f"ASGI W1: {ours / costs['starlette cookie']:.2f}x Starlette's cookie middleware (target 1.10)")
-        if workload != "W1":
-            for rival in ("starlette cookie", "starsessions"):
-                if rival in costs and ours >= costs[rival]:
-                    misses.append(f"ASGI {workload}: not faster than {rival} ({ours:.1f} vs {costs[rival]:.1f} µs)")
 
 
 def starsessions_version() -> str:
@@ -1024,6 +1018,7 @@ def report(folder: str) -> int:
     for name, update, whole in concurrency_rows(folder):
         print(f"  {name:<10} {update:7.1f} {whole:7.1f}   update/whole {update / whole:.2f}")
 
+    report_asgi_memory(misses)
     report_asgi(folder, misses)
 
     per_session = memory_per_session()
