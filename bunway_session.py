@@ -1,7 +1,7 @@
 """bunway_session: express-session for any WSGI or ASGI application, in one stdlib-only file.
 
 Wrap an application and every request gets a server-side session, identified by a
-signed cookie and kept in a store (memory, files or Redis)::
+signed cookie and kept in a store (memory, files, Redis, SQLite or PostgreSQL)::
 
     from bunway_session import SessionMiddleware, get_session
 
@@ -11,15 +11,20 @@ signed cookie and kept in a store (memory, files or Redis)::
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [f"views: {session['views']}".encode()]
 
-    app = SessionMiddleware(app, secret="a long random string")
+    app = SessionMiddleware(app, secret=os.environ["SESSION_SECRET"])
 
-ASGI apps (Starlette, FastAPI, Quart, Litestar, Django) take ASGISessionMiddleware with
-the same options; get_session(request) works in every framework::
+ASGI apps (Starlette, FastAPI, Litestar, ...) take ASGISessionMiddleware with the same
+options. Flask's, Quart's and Django's own sessions can be bunway sessions too, so their
+auth stacks run on them::
 
-    app.add_middleware(ASGISessionMiddleware, secret="a long random string")
+    app.session_interface = FlaskSessionInterface(secret=...)      # flask.session
+    app.session_interface = QuartSessionInterface(secret=...)      # quart.session
+    SESSION_ENGINE = "bunway_session"                              # Django settings, with
+    BUNWAY_SESSION = {"secret": ..., "store": ...}                 # request.session
 
 Options, defaults, lifecycle rules and wire formats are express-session's, so a Node
 service and a Python service sharing a secret and a store share their users' sessions.
+A store given user_key= lists and ends a user's sessions (sessions_of, destroy_sessions_of).
 ``python bunway_session.py`` serves a small demo on 127.0.0.1:8000.
 """
 
@@ -2427,7 +2432,50 @@ class _SQLStore:
         return (yield (self._sql["_DESTROY_OF"], (user_json, keep or "", self._moment(_now_ms(self._now))), "count"))
 
 
-class SQLiteStore(_SQLStore):
+class _SyncSQLStore(_SQLStore):
+    """The store interface of the sync SQL stores: each method runs its steps with the
+    store's _run (a transaction for a read-modify-write)."""
+
+    def _run(self, steps: SQLSteps, transaction: bool = False) -> Any:
+        raise NotImplementedError
+
+    def get(self, sid: str) -> Document | None:
+        return self._run(self._get(sid))  # type: ignore[no-any-return]
+
+    def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
+        self._run(self._set(sid, session))
+
+    def touch(self, sid: str, session: Document) -> bool:
+        return bool(self._run(self._touch(sid, session)))
+
+    def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
+               cookie: Document | None, max_age: int | None = None) -> bool:
+        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
+            return self.touch(sid, {"cookie": cookie})
+        return bool(self._run(self._update(sid, changes, deleted, cookie), transaction=True))
+
+    def destroy(self, sid: str) -> None:
+        self._run(self._destroy(sid))
+
+    def all(self) -> dict[str, Document]:
+        return self._run(self._all())  # type: ignore[no-any-return]
+
+    def length(self) -> int:
+        return int(self._run(self._length()))
+
+    def clear(self) -> None:
+        self._run(self._clear())
+
+    def sessions_of(self, user: Any) -> dict[str, Document]:
+        """`user`'s live sessions, {sid: document}, found by the JSON of sess (Node's too)."""
+        return self._run(self._sessions_of(user))  # type: ignore[no-any-return]
+
+    def destroy_sessions_of(self, user: Any, keep: str | None = None) -> int:
+        """End `user`'s live sessions but `keep`, in one statement; how many."""
+        return int(self._run(self._destroy_sessions_of(user, keep)))
+
+
+class SQLiteStore(_SyncSQLStore):
     """Sessions in a SQLite database file, in connect-sqlite3's table (`sid` primary key,
     `expired` in epoch ms, `sess` the document as JSON text), so a Node app using
     connect-sqlite3 on the same file shares them. For the threads and processes of one
@@ -2503,41 +2551,6 @@ class SQLiteStore(_SQLStore):
             if transaction:
                 connection.execute("COMMIT")
             return result
-
-    def get(self, sid: str) -> Document | None:
-        return self._run(self._get(sid))  # type: ignore[no-any-return]
-
-    def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
-        self._run(self._set(sid, session))
-
-    def touch(self, sid: str, session: Document) -> bool:
-        return bool(self._run(self._touch(sid, session)))
-
-    def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
-               cookie: Document | None, max_age: int | None = None) -> bool:
-        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
-            return self.touch(sid, {"cookie": cookie})
-        return bool(self._run(self._update(sid, changes, deleted, cookie), transaction=True))
-
-    def destroy(self, sid: str) -> None:
-        self._run(self._destroy(sid))
-
-    def all(self) -> dict[str, Document]:
-        return self._run(self._all())  # type: ignore[no-any-return]
-
-    def length(self) -> int:
-        return int(self._run(self._length()))
-
-    def clear(self) -> None:
-        self._run(self._clear())
-
-    def sessions_of(self, user: Any) -> dict[str, Document]:
-        """`user`'s live sessions, {sid: document}, found by the JSON of sess (Node's too)."""
-        return self._run(self._sessions_of(user))  # type: ignore[no-any-return]
-
-    def destroy_sessions_of(self, user: Any, keep: str | None = None) -> int:
-        """End `user`'s live sessions but `keep`, in one statement; how many."""
-        return int(self._run(self._destroy_sessions_of(user, keep)))
 
 
 def sqlite3_errors() -> tuple[type[BaseException], ...]:
@@ -2649,7 +2662,7 @@ class _PostgresTable(_SQLStore):
             yield (index, (), "count")
 
 
-class PostgresStore(_PostgresTable):
+class PostgresStore(_PostgresTable, _SyncSQLStore):
     """Sessions in PostgreSQL, in connect-pg-simple's table ("session": sid varchar primary
     key, sess json, expire timestamp(6), index "IDX_session_expire"), so a Node app using
     connect-pg-simple on the same table shares them. `pool` is a psycopg 3 ConnectionPool
@@ -2678,41 +2691,6 @@ class PostgresStore(_PostgresTable):
                 return _run_statements(steps, connection.execute)
             finally:
                 connection.autocommit = autocommit
-
-    def get(self, sid: str) -> Document | None:
-        return self._run(self._get(sid))  # type: ignore[no-any-return]
-
-    def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
-        self._run(self._set(sid, session))
-
-    def touch(self, sid: str, session: Document) -> bool:
-        return bool(self._run(self._touch(sid, session)))
-
-    def update(self, sid: str, changes: Mapping[str, Any], deleted: Iterable[str],
-               cookie: Document | None, max_age: int | None = None) -> bool:
-        if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
-            return self.touch(sid, {"cookie": cookie})
-        return bool(self._run(self._update(sid, changes, deleted, cookie), transaction=True))
-
-    def destroy(self, sid: str) -> None:
-        self._run(self._destroy(sid))
-
-    def all(self) -> dict[str, Document]:
-        return self._run(self._all())  # type: ignore[no-any-return]
-
-    def length(self) -> int:
-        return int(self._run(self._length()))
-
-    def clear(self) -> None:
-        self._run(self._clear())
-
-    def sessions_of(self, user: Any) -> dict[str, Document]:
-        """`user`'s live sessions, {sid: document}, found by the JSON of sess (Node's too)."""
-        return self._run(self._sessions_of(user))  # type: ignore[no-any-return]
-
-    def destroy_sessions_of(self, user: Any, keep: str | None = None) -> int:
-        """End `user`'s live sessions but `keep`, in one statement; how many."""
-        return int(self._run(self._destroy_sessions_of(user, keep)))
 
 
 class AsyncPostgresStore(_PostgresTable):
