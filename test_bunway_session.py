@@ -6139,7 +6139,8 @@ class UserSessionsContract:
     """Section 13 on a store (subclasses say which: make_user_store), through the WSGI wrapper
     (the ASGI wrapper for async stores) and the store's own calls."""
 
-    asynchronous = False
+    asynchronous = False   # an async store: its twins, on a loop of its own
+    through_asgi = False   # a sync store's requests through ASGISessionMiddleware
 
     def make_user_store(self, clock: Clock, user_key: str | None = "_user_id") -> Any:
         raise NotImplementedError
@@ -6172,6 +6173,8 @@ class UserSessionsContract:
         if self.asynchronous:
             client = ASGIClient(asgi(asgi_text_app(handler), **options))
             return self.loop.run(client.arequest(path, cookie=cookie))  # type: ignore[attr-defined,no-any-return]
+        if self.through_asgi:
+            return ASGIClient(asgi(asgi_text_app(handler), **options)).request(path, cookie=cookie)
         return Client(wsgi(text_app(handler), **options)).request(path, cookie=cookie)
 
     def device(self, user: Any, name: str) -> tuple[str, str]:
@@ -6190,7 +6193,7 @@ class UserSessionsContract:
         self.assertEqual(list(self.call("sessions_of", "bob")), [bob[1]])  # type: ignore[attr-defined]
         self.assertEqual(self.call("sessions_of", "nobody"), {})  # type: ignore[attr-defined]
         # "Log out my other devices", from the laptop.
-        ended = self.request(lambda s, e: (s.adestroy_other_sessions() if self.asynchronous
+        ended = self.request(lambda s, e: (s.adestroy_other_sessions() if self.asynchronous or self.through_asgi
                                            else s.destroy_other_sessions()), laptop[0])
         self.assertEqual(ended.body, b"2")  # type: ignore[attr-defined]
         self.assertEqual(list(self.call("sessions_of", "alice")), [laptop[1]])  # type: ignore[attr-defined]
@@ -6253,8 +6256,8 @@ class UserSessionsContract:
         self.store = store
         cookie, _ = self.device("alice", "x")
         with self.assertRaisesRegex(TypeError, "user_key='_user_id'"):  # type: ignore[attr-defined]
-            self.request(lambda s, e: s.adestroy_other_sessions() if self.asynchronous else s.destroy_other_sessions(),
-                         cookie)
+            self.request(lambda s, e: s.adestroy_other_sessions() if self.asynchronous or self.through_asgi
+                         else s.destroy_other_sessions(), cookie)
 
     def test_with_20000_other_sessions_it_reads_only_theirs(self) -> None:
         mine = {self.device("alice", f"d{n}")[1] for n in range(3)}
@@ -6283,6 +6286,10 @@ class TestUserSessionsMemoryStore(UserSessionsContract, unittest.TestCase):
             yield reads
         finally:
             MemoryStore._decode = staticmethod(decode)  # type: ignore[method-assign]
+
+
+class TestUserSessionsMemoryStoreASGI(TestUserSessionsMemoryStore):
+    through_asgi = True
 
 
 class TestUserSessionsFileStore(UserSessionsContract, unittest.TestCase):
@@ -6348,6 +6355,10 @@ class TestUserSessionsSQLiteStore(UserSessionsContract, unittest.TestCase):
             connection.execute("INSERT INTO sessions VALUES (?, ?, ?)", ("fromnode", self.now_ms() + 60_000, json.dumps(
                 {"cookie": {"originalMaxAge": 60000, "expires": None, "httpOnly": True, "path": "/"}, "_user_id": "alice"})))
         self.assertEqual(list(self.store.sessions_of("alice")), ["fromnode"])
+
+
+class TestUserSessionsSQLiteStoreASGI(TestUserSessionsSQLiteStore):
+    through_asgi = True   # (its calls on worker threads)
 
 
 class TestUserSessionsPostgresStore(UserSessionsContract, unittest.TestCase):
