@@ -5128,6 +5128,15 @@ def quart_app(store: Any, **options: Any) -> Any:
             session.destroy()
         raise RuntimeError("the view failed")
 
+    @app.post("/set")
+    async def set_value() -> Any:
+        session[quart.request.args["key"]] = quart.request.args["value"]
+        gate = app.config.get("gate")
+        if quart.request.args.get("pause") and gate is not None:
+            gate[0].set()
+            await asyncio.wait_for(gate[1].wait(), 30)
+        return {"ok": True}
+
     @app.websocket("/ws")
     async def ws() -> None:
         session["from_ws"] = await quart.websocket.receive()
@@ -5184,6 +5193,26 @@ class TestQuart(AsyncTestCase):
             self.assertNotIn("half", self.store.get(sid))
             self.assertEqual((await self.client.get("/fail?logout=1")).status_code, 500)
         self.assertIsNone(self.store.get(sid), "destroy() before the error still logs out")
+
+    async def test_quart_parallel_requests_keep_each_others_keys_and_a_logout_is_final(self) -> None:
+        await self.client.get("/")
+        sid = self.sid()
+        cookie = next(c.value for c in self.client.cookie_jar if c.name == "connect.sid")
+
+        async def request(path: str) -> Any:
+            other = self.app.test_client()
+            return await other.post(path, headers={"Cookie": f"connect.sid={cookie}"})
+        for b_path, expected in (("/set?key=y&value=B", {"x": "A", "y": "B", "views": 1}), ("/logout", None)):
+            loaded, release = asyncio.Event(), asyncio.Event()
+            self.app.config["gate"] = (loaded, release)
+            a = asyncio.ensure_future(request("/set?key=x&value=A&pause=1"))
+            await asyncio.wait_for(loaded.wait(), 30)
+            self.app.config["gate"] = None
+            self.assertEqual((await request(b_path)).status_code, 200)
+            release.set()
+            self.assertEqual((await asyncio.wait_for(a, 30)).status_code, 200)
+            stored = self.store.get(sid)
+            self.assertEqual(None if stored is None else {k: stored[k] for k in ("x", "y", "views")}, expected)
 
     async def test_quart_calls_a_blocking_store_off_the_loop(self) -> None:
         store = ThreadRecordingStore()
