@@ -3784,10 +3784,18 @@ def _header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[
 
 def _scope_cookie_header(scope: Mapping[str, Any]) -> str | None:
     """The request's Cookie header; several (HTTP/2 may send one a cookie) joined once."""
-    values = _header_values(scope.get("headers") or (), b"cookie")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else "; ".join(values)
+    first = more = None
+    for name, value in scope.get("headers") or ():
+        if name == b"cookie":
+            if first is None:
+                first = value
+            elif more is None:
+                more = [first, value]
+            else:
+                more.append(value)
+    if more is not None:
+        return "; ".join(value.decode("latin-1") for value in more)
+    return None if first is None else first.decode("latin-1")
 
 
 def _scope_is_secure(scope: Mapping[str, Any], proxy: bool | None) -> bool:
