@@ -2521,7 +2521,7 @@ class SQLiteStore(_SyncSQLStore):
                     connection.execute(f'CREATE INDEX IF NOT EXISTS "{name}_user_{self.user_key}" '
                                        f"ON {self._quoted} ({self._user_expression})")
                 connection.execute(f"SELECT sid, expired, sess FROM {self._quoted} LIMIT 0")
-        except sqlite3_errors() as error:
+        except _sqlite3_errors() as error:
             raise type(error)(f"SQLiteStore cannot use {self.path!r} (table {table!r}): {error}. It needs a "
                               "SQLite file it may write in a folder that exists, with connect-sqlite3's "
                               "table (sid, expired, sess) or none") from None
@@ -2553,7 +2553,7 @@ class SQLiteStore(_SyncSQLStore):
             return result
 
 
-def sqlite3_errors() -> tuple[type[BaseException], ...]:
+def _sqlite3_errors() -> tuple[type[BaseException], ...]:
     import sqlite3
     return (sqlite3.Error,)
 

@@ -452,19 +452,8 @@ def main() -> int:
                 assert not isinstance(store, str)
                 sides = start_sides(store, python_app)
                 try:
-                    for scenario in SCENARIOS:
-                        name = f"{kind} ({python_app}): {scenario.__name__.replace('_', ' ')}"
-                        try:
-                            scenario(*sides, store)
-                        except Skip:
-                            continue
-                        except Exception:  # noqa: BLE001 - reported as a failed scenario
-                            failed += 1
-                            print(f"FAIL {name}\n" + "".join("     " + line for line in
-                                                             traceback.format_exc().splitlines(True)[-6:]))
-                        else:
-                            passed += 1
-                            print(f"PASS {name}")
+                    ran, broke = run_scenarios(f"{kind} ({python_app})", SCENARIOS, sides, store)
+                    passed, failed = passed + ran, failed + broke
                 finally:
                     for side in sides:
                         side.stop()
@@ -485,22 +474,32 @@ def main() -> int:
                 try:
                     sides.append(Side(framework, [sys.executable, os.path.join(HERE, "python_framework_app.py")],
                                       {**env, "SECRET": SECRETS, "FRAMEWORK": framework}))
-                    for scenario in FRAMEWORK_SCENARIOS:
-                        name = f"{kind} ({framework}): {scenario.__name__.replace('_', ' ')}"
-                        try:
-                            scenario(*sides, store)
-                        except Exception:  # noqa: BLE001 - reported as a failed scenario
-                            failed += 1
-                            print(f"FAIL {name}\n" + "".join("     " + line for line in
-                                                             traceback.format_exc().splitlines(True)[-6:]))
-                        else:
-                            passed += 1
-                            print(f"PASS {name}")
+                    ran, broke = run_scenarios(f"{kind} ({framework})", FRAMEWORK_SCENARIOS, sides, store)
+                    passed, failed = passed + ran, failed + broke
                 finally:
                     for side in sides:
                         side.stop()
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
+
+
+def run_scenarios(label: str, scenarios: list[Callable[..., None]], sides: list[Side],
+                  store: Any) -> tuple[int, int]:
+    """Run each scenario against the running sides; print PASS or FAIL; (passed, failed)."""
+    passed = failed = 0
+    for scenario in scenarios:
+        name = f"{label}: {scenario.__name__.replace('_', ' ')}"
+        try:
+            scenario(*sides, store)
+        except Skip:
+            continue
+        except Exception:  # noqa: BLE001 - reported as a failed scenario
+            failed += 1
+            print(f"FAIL {name}\n" + "".join("     " + line for line in traceback.format_exc().splitlines(True)[-6:]))
+        else:
+            passed += 1
+            print(f"PASS {name}")
+    return passed, failed
 
 
 def missing_modules(modules: tuple[str, ...]) -> str | None:
