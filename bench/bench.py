@@ -519,9 +519,9 @@ class FloorASGI:
     again with a Set-Cookie, an unchanged one has its expiry moved. No options, no validation,
     no locking (and naive: a new HMAC object a request, json.dumps twice)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, data: dict[str, tuple[str, int]]) -> None:
         self.app, self.key = app, SECRET.encode()
-        self.data: dict[str, tuple[str, int]] = {}
+        self.data = data  # the store: one dict shared by the W1-W3 apps, as the others share theirs
 
     def sign(self, value: str) -> str:
         return base64.b64encode(hmac.new(self.key, value.encode(), hashlib.sha256).digest()).decode().rstrip("=")
@@ -585,7 +585,7 @@ async def asgi_memory_rows(rounds: int) -> dict[str, dict[str, float]]:
     kinds: dict[str, list[Any]] = {
         "ours": [Middleware(bs.ASGISessionMiddleware, secret=SECRET, store=bs.MemoryStore(), resave=False,
                             save_uninitialized=False)],
-        "floor": [Middleware(FloorASGI)],
+        "floor": [Middleware(FloorASGI, data={})],
         "starlette cookie": [Middleware(StarletteCookieSessions, secret_key=SECRET)]}
     if starsessions is not None:
         kinds["starsessions"] = [Middleware(starsessions.SessionMiddleware, store=starsessions.InMemoryStore(),
