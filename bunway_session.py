@@ -170,20 +170,6 @@ def _verify(signed: str, keys: Sequence[bytes]) -> tuple[str | None, int]:
     return None, -1
 
 
-def _split_cookie(part: str) -> tuple[str, str] | None:
-    """One "name=value" piece of a Cookie header, as express's `cookie` package reads it:
-    the name ends at the first "=", both are trimmed, one pair of quotes is removed.
-    None for a piece without "=" or without a name."""
-    name, eq, value = part.partition("=")
-    name = name.strip()
-    if not eq or not name:
-        return None
-    value = value.strip()
-    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        value = value[1:-1]
-    return name, value
-
-
 def _decode_cookie_value(value: str) -> str:
     """decodeURIComponent, falling back to the raw value when it is not valid (a bad
     escape, or bytes that are not UTF-8), as the `cookie` package does."""
@@ -207,7 +193,9 @@ def _decode_cookie_value(value: str) -> str:
 
 
 def _find_cookie(header: str, name: str) -> str | None:
-    """The first cookie called `name` in a Cookie header, not yet decoded.
+    """The first cookie called `name` in a Cookie header, not yet decoded, read as express's
+    `cookie` package reads each "name=value" piece: the name ends at the first "=", both
+    are trimmed, one pair of quotes is removed.
 
     Unlike SimpleCookie.load, which stops at the first cookie it dislikes, a malformed
     piece here is skipped and the rest are still read, as browsers and express do.
@@ -215,9 +203,12 @@ def _find_cookie(header: str, name: str) -> str | None:
     for part in header.split(";"):
         if name not in part:  # cheap skip of the other cookies
             continue
-        pair = _split_cookie(part)
-        if pair is not None and pair[0] == name:
-            return pair[1]
+        key, eq, value = part.partition("=")
+        if eq and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+                value = value[1:-1]
+            return value
     return None
 
 
@@ -238,24 +229,30 @@ def _encode_uri_component(value: str) -> str:
 def serialize_set_cookie(name: str, value: str, cookie: SessionCookie, expires_ms: int | None) -> str:
     """A Set-Cookie value, attribute for attribute as express-session (via `cookie`) writes it;
     `value` is already percent-encoded, `expires_ms` the Expires attribute (None: none)."""
-    parts = [name + "=" + value]
-    if cookie.domain:
-        parts.append("Domain=" + cookie.domain)
-    if cookie.path:
-        parts.append("Path=" + cookie.path)
-    if expires_ms is not None:
-        parts.append("Expires=" + _http_date(expires_ms))
-    if cookie.http_only:
-        parts.append("HttpOnly")
-    if cookie.secure:
-        parts.append("Secure")
-    if cookie.partitioned:
-        parts.append("Partitioned")
-    if cookie.priority:
-        parts.append("Priority=" + cookie.priority.capitalize())
-    if cookie.same_site:
-        parts.append("SameSite=" + cookie.same_site.capitalize())
-    return "; ".join(parts)
+    head, tail = _cookie_attributes(cookie.domain, cookie.path, cookie.http_only, cookie.secure,
+                                    cookie.partitioned, cookie.priority, cookie.same_site)
+    if expires_ms is None:
+        return name + "=" + value + head + tail
+    return name + "=" + value + head + "; Expires=" + _http_date(expires_ms) + tail
+
+
+@functools.lru_cache(maxsize=64)
+def _cookie_attributes(domain: str | None, path: str | None, http_only: bool, secure: bool, partitioned: bool,
+                       priority: str | None, same_site: str | None) -> tuple[str, str]:
+    """The attributes written before Expires and after it: most cookies share them."""
+    head = ("; Domain=" + domain if domain else "") + ("; Path=" + path if path else "")
+    tail = [""]
+    if http_only:
+        tail.append("HttpOnly")
+    if secure:
+        tail.append("Secure")
+    if partitioned:
+        tail.append("Partitioned")
+    if priority:
+        tail.append("Priority=" + priority.capitalize())
+    if same_site:
+        tail.append("SameSite=" + same_site.capitalize())
+    return head, "; ".join(tail)
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -285,10 +282,12 @@ def _iso_of_second(seconds: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
+_ISO_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
+
+
 def _iso_ms(ms: int) -> str:
     """JavaScript's Date.prototype.toISOString: 2026-11-27T20:05:56.662Z."""
-    seconds, millis = divmod(ms, 1000)
-    return f"{_iso_of_second(seconds)}.{millis:03d}Z"
+    return _iso_of_second(ms // 1000) + _ISO_MILLIS[ms % 1000]
 
 
 @functools.lru_cache(maxsize=64)
@@ -398,11 +397,14 @@ def _document_expires_ms(document: Mapping[str, Any]) -> int | None:
 
 
 class _CookieObject(dict):  # type: ignore[type-arg]
-    """A `cookie` object SessionCookie.to_dict() made, which remembers its expiry in ms: the
-    stores read it back without parsing the ISO date they were just given."""
+    """A `cookie` object SessionCookie.to_dict() made, which remembers its expiry in ms (the
+    stores read it back without parsing the ISO date they were just given) and, as
+    `shape_key`, the fields its other entries were written from (MemoryStore keeps one
+    copy of each cookie shape, found by this key without copying the object)."""
 
-    __slots__ = ("expires_ms",)
+    __slots__ = ("expires_ms", "shape_key")
     expires_ms: int | None
+    shape_key: tuple[Any, ...] | None
 
 
 class _LoadedDocument(dict):  # type: ignore[type-arg]
@@ -556,13 +558,15 @@ class SessionCookie:
         if self.original_max_age is None:
             self._expires_ms = None
         else:
-            self._expires_ms = _expiry_after(_now_ms(self._now), self.original_max_age)
+            self._expires_ms = _expiry_after(int(self._now() * 1000), self.original_max_age)
 
     def to_dict(self) -> Document:
         """The stored `cookie` object, field for field and in express-session's order."""
         expires = None if self._expires_ms is None else _iso_ms(self._expires_ms)
         data = _CookieObject()
         data.expires_ms = self._expires_ms
+        data.shape_key = (self.original_max_age, self.partitioned, self.priority, self.secure,
+                          self.http_only, self.domain, self.path, self.same_site)
         if not self.partitioned and self.priority is None and self.domain is None and self.same_site is not None:
             # The usual cookie (the same fields in the same order as below).
             data["originalMaxAge"] = self.original_max_age
@@ -598,7 +602,7 @@ class SessionCookie:
         get = data.get
         # Every loaded session makes one: set the fields directly (keyword binding costs more).
         cookie = cls.__new__(cls)
-        cookie._expires_ms = _cookie_expires_ms(data)
+        cookie._expires_ms = data.expires_ms if data.__class__ is _CookieObject else _cookie_expires_ms(data)
         original = get("originalMaxAge")
         if original.__class__ is float and math.isfinite(original):
             original = int(original)
@@ -998,26 +1002,35 @@ class MemoryStore:
         self._entries: dict[str, _MemoryEntry] = {}
         self._deadlines: list[tuple[int, str]] = []  # a heap; entries may have moved on
         # Most sessions share one cookie shape: keep one copy of each (bounded).
-        self._shapes: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+        self._shapes: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def _shape(self, cookie: Mapping[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The cookie object without its expiry: the copy kept for this shape, when there is one
+        (found by its shape_key, without copying, for a cookie object the lifecycle made)."""
+        key = cookie.shape_key if cookie.__class__ is _CookieObject else None
+        shapes = self._shapes
+        try:
+            if key is not None and key in shapes:
+                return shapes[key]
+        except TypeError:  # an unhashable value: keep this one as it is (below)
+            pass
         shape = dict(cookie)
         shape.pop("expires", None)
         if shape == current:  # the usual touch: only the expiry moved
             return current
         try:
-            key = tuple(shape.items())
-            if len(self._shapes) < _MAX_COOKIE_SHAPES or key in self._shapes:
-                return self._shapes.setdefault(key, shape)
-        except TypeError:  # an unhashable value: keep this one as it is
+            if key is None:
+                key = tuple(shape.items())
+            if len(shapes) < _MAX_COOKIE_SHAPES or key in shapes:
+                return shapes.setdefault(key, shape)
+        except TypeError:
             pass
         return shape
 
     def _entry(self, data_json: str, cookie: Mapping[str, Any], now_ms: int,
                current: dict[str, Any] | None = None) -> _MemoryEntry:
-        expires = _cookie_expires_ms(cookie)
-        deadline = int(_deadline_ms(expires, now_ms, self.ttl))
-        return data_json, self._shape(cookie, current), expires, deadline
+        expires = cookie.expires_ms if cookie.__class__ is _CookieObject else _cookie_expires_ms(cookie)
+        return data_json, self._shape(cookie, current), expires, int(_deadline_ms(expires, now_ms, self.ttl))
 
     @staticmethod
     def _decode(entry: _MemoryEntry) -> Document:
@@ -1025,6 +1038,7 @@ class MemoryStore:
         cookie = _CookieObject(shape)
         cookie["expires"] = None if expires is None else _iso_ms(expires)
         cookie.expires_ms = expires
+        cookie.shape_key = None   # (what a caller does with it is not known)
         document = _LoadedDocument()
         document["cookie"] = cookie
         document.update(_loads(data))
@@ -1081,8 +1095,9 @@ class MemoryStore:
                 heapq.heappush(self._deadlines, (entry[3], sid))
 
     def get(self, sid: str) -> Document | None:
+        now_ms = int(self._now() * 1000)
         with self._lock:
-            entry = self._live(sid, _now_ms(self._now))
+            entry = self._live(sid, now_ms)
         return None if entry is None else self._decode(entry)
 
     def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
@@ -1100,7 +1115,7 @@ class MemoryStore:
                cookie: Document | None, max_age: int | None = None) -> bool:
         if not changes and not deleted and cookie is not None:  # nothing of the data changed: a touch
             return self.touch(sid, {"cookie": cookie})
-        now_ms = _now_ms(self._now)
+        now_ms = int(self._now() * 1000)
         with self._lock:
             entry = self._live(sid, now_ms)
             if entry is None:
@@ -1121,7 +1136,7 @@ class MemoryStore:
 
     def touch(self, sid: str, session: Document) -> bool:
         """Take the session's new cookie (its expiry); the stored data stays as it is."""
-        now_ms = _now_ms(self._now)
+        now_ms = int(self._now() * 1000)
         with self._lock:
             entry = self._live(sid, now_ms)
             if entry is None:
@@ -3048,10 +3063,6 @@ class _SessionConfig:
             return "s%3A" + sid + "." + signature.replace("+", "%2B").replace("/", "%2F")
         return _encode_uri_component("s:" + sid + "." + signature)
 
-    def _read_cookie(self, header: str | None) -> tuple[str | None, int, str]:
-        """Read the request's session cookie from its Cookie header: see _verify_cookie."""
-        return self._verify_cookie(_find_cookie(header, self.name) if header else None)
-
     def _verify_cookie(self, raw: str | None) -> tuple[str | None, int, str]:
         """(the session ID, if the signature of the cookie value `raw` verifies; the index of
         the secret that signed it, or -1; the cookie value as we would encode it).
@@ -3196,7 +3207,8 @@ class _Lifecycle:
         self.loop = loop
         self.websocket = websocket
         # The ID the request's cookie names (verified), which secret signed it, its value.
-        self.cookie_id, self.cookie_secret_index, self.cookie_value = config._read_cookie(cookie_header)
+        self.cookie_id, self.cookie_secret_index, self.cookie_value = config._verify_cookie(
+            _find_cookie(cookie_header, config.name) if cookie_header else None)
         self.loaded_id: str | None = None   # the ID whose stored copy this request read
         self.original_json = "{}"           # the data as loaded (JSON)
         self.saved_id: str | None = None    # the ID and data the store holds, as far as we know
@@ -3261,32 +3273,11 @@ class _Lifecycle:
     def is_saved(self, data_json: str) -> bool:
         return self.saved_json == data_json and self.saved_id == self.session._id and not self.marked_modified
 
-    def should_save(self, data_json: str) -> bool:
-        if self.is_cookies_session():
-            return not self.is_saved(data_json)
-        # A new (or regenerated) session: an uninitialized one is stored only once it holds
-        # something, and none is stored when its cookie cannot reach the client (Secure on
-        # plain http): nobody could ever come back to it.
-        if not self.config.save_uninitialized and self.saved_id is None and not self.is_modified(data_json):
-            return False
-        return not self.is_saved(data_json) and self.may_send_cookie(self.session.cookie)
-
-    def should_touch(self) -> bool:
-        return self.is_cookies_session() and self.config._calls.can_touch
-
-    def should_set_cookie(self, data_json: str) -> bool:
-        if not self.is_cookies_session():
-            return self.config.save_uninitialized or self.is_modified(data_json)
-        # (The app saying it changed the session, as Flask's session.modified = True or a new
-        # session.permanent do, sends the cookie even when it has no expiry.)
-        return self.config.rolling or self.marked_modified or (
-            self.session.cookie._expires_ms is not None and self.is_modified(data_json))
-
     def is_unused(self) -> bool:
         """A new session the request never used (no data, not destroyed, no ID made: not
-        regenerated, not saved) under save_uninitialized=False: should_save and
-        should_set_cookie are both False, so its commit has nothing to do (most anonymous
-        page views; the adapters skip it)."""
+        regenerated, not saved) under save_uninitialized=False: commit would neither save it
+        nor send its cookie, so it has nothing to do (most anonymous page views; the adapters
+        skip it)."""
         session = self.session
         return (not self.config.save_uninitialized and session._id is None and not session
                 and not session._destroyed)
@@ -3319,13 +3310,28 @@ class _Lifecycle:
             session._cookie.reset_expiry()
         data_json = _encode_data(session) if session else "{}"
         self.committed_json = data_json
-        if self.should_save(data_json):
-            yield from self._save(data_json)
-        elif self.should_touch():
-            touched = yield ("touch", session.id, _document(session.cookie, session))
-            if touched is False:
-                self.gone = True
-        if self.gone or not self.should_set_cookie(data_json):
+        config = self.config
+        if self.is_cookies_session():
+            # express-session's shouldSave, shouldTouch and shouldSetCookie for the session
+            # the cookie named: saved when it changed, else its new expiry is stored.
+            if not self.is_saved(data_json):
+                yield from self._save(data_json)
+            elif config._calls.can_touch:
+                if (yield ("touch", session._id, _document(session.cookie, session))) is False:
+                    self.gone = True
+            # (The app saying it changed the session, as Flask's session.modified = True or a
+            # new session.permanent do, sends the cookie even when it has no expiry.)
+            set_cookie = config.rolling or self.marked_modified or (
+                session.cookie._expires_ms is not None and self.is_modified(data_json))
+        else:
+            # A new (or regenerated) session: an uninitialized one is stored only once it
+            # holds something, and none is stored when its cookie cannot reach the client
+            # (Secure on plain http): nobody could ever come back to it.
+            set_cookie = config.save_uninitialized or self.is_modified(data_json)
+            if (set_cookie or self.saved_id is not None) and not self.is_saved(data_json) \
+                    and self.may_send_cookie(session.cookie):
+                yield from self._save(data_json)
+        if self.gone or not set_cookie:
             return []
         cookie = session.cookie
         if not self.may_send_cookie(cookie):
