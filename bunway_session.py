@@ -397,14 +397,11 @@ def _document_expires_ms(document: Mapping[str, Any]) -> int | None:
 
 
 class _CookieObject(dict):  # type: ignore[type-arg]
-    """A `cookie` object SessionCookie.to_dict() made, which remembers its expiry in ms (the
-    stores read it back without parsing the ISO date they were just given) and, as
-    `shape_key`, the fields its other entries were written from (MemoryStore keeps one
-    copy of each cookie shape, found by this key without copying the object)."""
+    """A `cookie` object SessionCookie.to_dict() made, which remembers its expiry in ms: the
+    stores read it back without parsing the ISO date they were just given."""
 
-    __slots__ = ("expires_ms", "shape_key")
+    __slots__ = ("expires_ms",)
     expires_ms: int | None
-    shape_key: tuple[Any, ...] | None
 
 
 class _LoadedDocument(dict):  # type: ignore[type-arg]
@@ -413,15 +410,6 @@ class _LoadedDocument(dict):  # type: ignore[type-arg]
 
     __slots__ = ("data_json",)
     data_json: str
-
-
-class _SavedDocument(dict):  # type: ignore[type-arg]
-    """A document the lifecycle hands a store's set, with the JSON of its data (None: not made):
-    MemoryStore stores it without encoding again. (Only the lifecycle makes these, and nobody
-    changes them between: a document from get that an app changes and sets is a plain one.)"""
-
-    __slots__ = ("data_json",)
-    data_json: str | None
 
 
 def _cookie_expires_ms(cookie: Mapping[str, Any]) -> int | None:
@@ -565,8 +553,6 @@ class SessionCookie:
         expires = None if self._expires_ms is None else _iso_ms(self._expires_ms)
         data = _CookieObject()
         data.expires_ms = self._expires_ms
-        data.shape_key = (self.original_max_age, self.partitioned, self.priority, self.secure,
-                          self.http_only, self.domain, self.path, self.same_site)
         if not self.partitioned and self.priority is None and self.domain is None and self.same_site is not None:
             # The usual cookie (the same fields in the same order as below).
             data["originalMaxAge"] = self.original_max_age
@@ -590,6 +576,11 @@ class SessionCookie:
         if self.same_site is not None:
             data["sameSite"] = self.same_site
         return data
+
+    def _shape_key(self) -> tuple[Any, ...]:
+        """The fields to_dict() writes, but the expiry: equal keys, equal objects but for expires."""
+        return (self.original_max_age, self.partitioned, self.priority, self.secure, self.http_only,
+                self.domain, self.path, self.same_site)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], now: Clock = time.time) -> SessionCookie:
@@ -868,13 +859,10 @@ def _json_problem(value: Any) -> str | None:
     return None
 
 
-def _document(cookie: SessionCookie, data: Mapping[str, Any], data_json: str | None = None) -> Document:
-    """The stored document: the `cookie` object first, then the data, as express-session writes it.
-    With `data_json` (the data's JSON, already made), MemoryStore stores it without encoding again."""
-    document = _SavedDocument()
-    document["cookie"] = cookie.to_dict()
+def _document(cookie: SessionCookie, data: Mapping[str, Any]) -> Document:
+    """The stored document: the `cookie` object first, then the data, as express-session writes it."""
+    document = {"cookie": cookie.to_dict()}
     document.update(data)
-    document.data_json = data_json
     return document
 
 
@@ -1004,33 +992,41 @@ class MemoryStore:
         # Most sessions share one cookie shape: keep one copy of each (bounded).
         self._shapes: dict[tuple[Any, ...], dict[str, Any]] = {}
 
-    def _shape(self, cookie: Mapping[str, Any], current: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _shape(self, cookie: Mapping[str, Any], current: dict[str, Any] | None = None,
+               key: tuple[Any, ...] | None = None) -> dict[str, Any]:
         """The cookie object without its expiry: the copy kept for this shape, when there is one
-        (found by its shape_key, without copying, for a cookie object the lifecycle made)."""
-        key = cookie.shape_key if cookie.__class__ is _CookieObject else None
-        shapes = self._shapes
-        try:
-            if key is not None and key in shapes:
-                return shapes[key]
-        except TypeError:  # an unhashable value: keep this one as it is (below)
-            pass
+        (`key`: the SessionCookie's _shape_key() when the object was made from one)."""
         shape = dict(cookie)
         shape.pop("expires", None)
         if shape == current:  # the usual touch: only the expiry moved
-            return current
+            shape = current
         try:
             if key is None:
                 key = tuple(shape.items())
-            if len(shapes) < _MAX_COOKIE_SHAPES or key in shapes:
-                return shapes.setdefault(key, shape)
-        except TypeError:
+            if len(self._shapes) < _MAX_COOKIE_SHAPES or key in self._shapes:
+                return self._shapes.setdefault(key, shape)
+        except TypeError:  # an unhashable value: keep this one as it is
             pass
         return shape
 
     def _entry(self, data_json: str, cookie: Mapping[str, Any], now_ms: int,
                current: dict[str, Any] | None = None) -> _MemoryEntry:
-        expires = cookie.expires_ms if cookie.__class__ is _CookieObject else _cookie_expires_ms(cookie)
+        expires = _cookie_expires_ms(cookie)
         return data_json, self._shape(cookie, current), expires, int(_deadline_ms(expires, now_ms, self.ttl))
+
+    def _entry_of(self, data_json: str, cookie: SessionCookie, now_ms: int,
+                  current: dict[str, Any] | None = None) -> _MemoryEntry:
+        """The same from a SessionCookie: a shape kept already is found by the cookie's fields,
+        with no cookie object written and no date formatted."""
+        key: tuple[Any, ...] | None = cookie._shape_key()
+        try:
+            shape = self._shapes.get(key)  # type: ignore[arg-type]
+        except TypeError:  # (a field holds something unhashable)
+            key = shape = None
+        if shape is None:
+            shape = self._shape(cookie.to_dict(), current, key)
+        expires = cookie._expires_ms
+        return data_json, shape, expires, int(_deadline_ms(expires, now_ms, self.ttl))
 
     @staticmethod
     def _decode(entry: _MemoryEntry) -> Document:
@@ -1038,7 +1034,6 @@ class MemoryStore:
         cookie = _CookieObject(shape)
         cookie["expires"] = None if expires is None else _iso_ms(expires)
         cookie.expires_ms = expires
-        cookie.shape_key = None   # (what a caller does with it is not known)
         document = _LoadedDocument()
         document["cookie"] = cookie
         document.update(_loads(data))
@@ -1104,8 +1099,20 @@ class MemoryStore:
         now_ms = int(self._now() * 1000)
         data = dict(session)
         cookie = data.pop("cookie", None) or {}
-        data_json = session.data_json if session.__class__ is _SavedDocument else None
-        entry = self._entry(_dumps(data) if data_json is None else data_json, cookie, now_ms)
+        entry = self._entry(_dumps(data), cookie, now_ms)
+        with self._lock:
+            self._store(sid, entry, now_ms)
+            if self.user_key is not None:
+                self._index(sid, _user_of(data, self.user_key))
+
+    # The lifecycle hands MemoryStore its session as it has it, the data's JSON and the
+    # SessionCookie, where any other store gets a document (see _StoreCalls.takes_sessions):
+    # no document is built, no date formatted, and nothing parsed or encoded again.
+
+    def _set_session(self, sid: str, data_json: str, data: Mapping[str, Any], cookie: SessionCookie) -> None:
+        """set() of a session whose data's JSON is `data_json`."""
+        now_ms = int(self._now() * 1000)
+        entry = self._entry_of(data_json, cookie, now_ms)
         with self._lock:
             self._store(sid, entry, now_ms)
             if self.user_key is not None:
@@ -1120,18 +1127,41 @@ class MemoryStore:
             entry = self._live(sid, now_ms)
             if entry is None:
                 return False
-            if changes.__class__ is _Changes and entry[0] == changes.base_json and self.user_key is None:
-                data_json = changes.data_json   # (unchanged since this request loaded it: no merge to do)
-            else:
-                data = _loads(entry[0])
-                _apply_changes(data, changes, deleted)
-                data_json = _dumps(data)
-                if self.user_key is not None:
-                    self._index(sid, _user_of(data, self.user_key))
+            data = _loads(entry[0])
+            _apply_changes(data, changes, deleted)
+            data_json = _dumps(data)
+            if self.user_key is not None:
+                self._index(sid, _user_of(data, self.user_key))
             if cookie is None:  # the stored cookie and expiry stay as they are
                 self._entries[sid] = (data_json, entry[1], entry[2], entry[3])
             else:
                 self._store(sid, self._entry(data_json, cookie, now_ms, entry[1]), now_ms)
+            return True
+
+    def _update_session(self, sid: str, base_json: str, data_json: str, data: Mapping[str, Any],
+                        cookie: SessionCookie) -> bool:
+        """update() of a session whose data's JSON was `base_json` when loaded and is `data_json`
+        now: while the stored copy is still the loaded one (nobody wrote meanwhile), the new JSON
+        is stored as it is, with no keys to work out and no merge."""
+        if self.user_key is None:
+            now_ms = int(self._now() * 1000)
+            with self._lock:
+                entry = self._live(sid, now_ms)
+                if entry is None:
+                    return False
+                if entry[0] == base_json:
+                    self._store(sid, self._entry_of(data_json, cookie, now_ms, entry[1]), now_ms)
+                    return True
+        return self.update(sid, *_changed_keys(base_json, data_json, data), cookie.to_dict())
+
+    def _touch_session(self, sid: str, cookie: SessionCookie) -> bool:
+        """touch() of a session whose cookie is `cookie`."""
+        now_ms = int(self._now() * 1000)
+        with self._lock:
+            entry = self._live(sid, now_ms)
+            if entry is None:
+                return False
+            self._entries[sid] = self._entry_of(entry[0], cookie, now_ms, entry[1])
             return True
 
     def touch(self, sid: str, session: Document) -> bool:
@@ -3133,7 +3163,7 @@ class _StoreCalls:
     method runs inline when the store says it never blocks (`blocking = False`), and on a
     worker thread otherwise, so a disk write or a network round trip never stalls the loop."""
 
-    __slots__ = ("can_touch", "can_update", "executor", "inline", "sync", "twins")
+    __slots__ = ("can_touch", "can_update", "executor", "inline", "sync", "takes_sessions", "twins")
 
     def __init__(self, store: Any, *, asynchronous: bool, executor: Any = None) -> None:
         self.sync: dict[str, Callable[..., Any]] = {}              # the methods the store has
@@ -3157,6 +3187,13 @@ class _StoreCalls:
         self.executor = executor
         self.can_touch = "touch" in self.sync or "touch" in self.twins
         self.can_update = "update" in self.sync or "update" in self.twins
+        # MemoryStore (not a subclass that writes its own way) is handed sessions as the
+        # lifecycle has them, where other stores take documents: see set_call.
+        self.takes_sessions = self.inline and all(
+            getattr(type(store), method, None) is getattr(MemoryStore, method) for method in ("set", "update", "touch"))
+        if self.takes_sessions:
+            for method in ("set", "update", "touch"):
+                self.sync[f"_{method}_session"] = getattr(store, f"_{method}_session")
 
     async def acall(self, step: StoreCall) -> Any:
         """Make one store call from the event loop."""
@@ -3174,7 +3211,30 @@ class _StoreCalls:
         runs there; an async-only one runs on the loop, and the thread waits for it."""
         def on_loop(name: str) -> Callable[..., Any]:
             return lambda *arguments: asyncio.run_coroutine_threadsafe(self.acall((name, *arguments)), loop).result()
-        return {name: self.sync.get(name) or on_loop(name) for name in _STORE_METHODS}
+        return {**{name: on_loop(name) for name in _STORE_METHODS}, **self.sync}
+
+    # The calls that write a session: a document for a store's set and touch, the changed
+    # keys for its update; MemoryStore gets the session as the lifecycle has it (the data's
+    # JSON and the SessionCookie), so no document is built, no date formatted, and nothing
+    # parsed or encoded again.
+
+    def set_call(self, sid: str, data_json: str, data: Mapping[str, Any], cookie: SessionCookie) -> StoreCall:
+        if self.takes_sessions:
+            return ("_set_session", sid, data_json, data, cookie)
+        return ("set", sid, _document(cookie, data), cookie.max_age)
+
+    def update_call(self, sid: str, base_json: str, data_json: str, data: Mapping[str, Any],
+                    cookie: SessionCookie) -> StoreCall:
+        """`data` was `base_json` when loaded, and is `data_json` now."""
+        if self.takes_sessions:
+            return ("_update_session", sid, base_json, data_json, data, cookie)
+        changes, deleted = _changed_keys(base_json, data_json, data)
+        return ("update", sid, changes, deleted, cookie.to_dict(), cookie.max_age)
+
+    def touch_call(self, sid: str, data: Mapping[str, Any], cookie: SessionCookie) -> StoreCall:
+        if self.takes_sessions:
+            return ("_touch_session", sid, cookie)
+        return ("touch", sid, _document(cookie, data))
 
 
 _DELETIONS: set[asyncio.Task[Any]] = set()   # deletions under way: discard() starts them
@@ -3298,7 +3358,8 @@ class _Lifecycle:
         save or store-touch the session, then the Set-Cookie header if one is due. Returns
         the Set-Cookie values to add."""
         session = self.session
-        if not session._destroyed and self.is_login():
+        config = self.config
+        if config.login_key is not None and not session._destroyed and self.is_login():
             self.discarded.append(session.id)
             session._id = self.new_id()
             self.id_replaced()
@@ -3310,19 +3371,18 @@ class _Lifecycle:
             session._cookie.reset_expiry()
         data_json = _encode_data(session) if session else "{}"
         self.committed_json = data_json
-        config = self.config
         if self.is_cookies_session():
             # express-session's shouldSave, shouldTouch and shouldSetCookie for the session
             # the cookie named: saved when it changed, else its new expiry is stored.
+            cookie = session.cookie
             if not self.is_saved(data_json):
                 yield from self._save(data_json)
-            elif config._calls.can_touch:
-                if (yield ("touch", session._id, _document(session.cookie, session))) is False:
-                    self.gone = True
+            elif config._calls.can_touch and (yield config._calls.touch_call(session.id, session, cookie)) is False:
+                self.gone = True
             # (The app saying it changed the session, as Flask's session.modified = True or a
             # new session.permanent do, sends the cookie even when it has no expiry.)
             set_cookie = config.rolling or self.marked_modified or (
-                session.cookie._expires_ms is not None and self.is_modified(data_json))
+                cookie._expires_ms is not None and self.is_modified(data_json))
         else:
             # A new (or regenerated) session: an uninitialized one is stored only once it
             # holds something, and none is stored when its cookie cannot reach the client
@@ -3337,7 +3397,7 @@ class _Lifecycle:
         if not self.may_send_cookie(cookie):
             return []
         self.cookie_sent = True
-        return [serialize_set_cookie(self.config.name, self._cookie_value(), cookie, cookie._expires_ms)]
+        return [serialize_set_cookie(config.name, self._cookie_value(), cookie, cookie._expires_ms)]
 
     def commit_late(self) -> Steps:
         """At the end of a response whose headers went out earlier: save what changed since."""
@@ -3416,15 +3476,15 @@ class _Lifecycle:
         document is written, as express-session does."""
         session = self.session
         cookie = session.cookie
-        if self.loaded_id is not None and self.loaded_id == session._id and self.config._calls.can_update:
+        calls = self.config._calls
+        if self.loaded_id is not None and self.loaded_id == session._id and calls.can_update:
             base = self.saved_json if self.saved_json is not None and self.saved_id == session._id \
                 else self.original_json
-            changes, deleted = _changed_keys(base, data_json, session)
-            if not (yield ("update", session.id, changes, deleted, cookie.to_dict(), cookie.max_age)):
+            if not (yield calls.update_call(session._id, base, data_json, session, cookie)):
                 self.gone = True
                 return
         else:
-            yield ("set", session.id, _document(cookie, session, data_json), cookie.max_age)
+            yield calls.set_call(session.id, data_json, session, cookie)
         self.saved_id, self.saved_json = session._id, data_json
 
     def _destroy_discarded(self) -> Steps:
@@ -3517,24 +3577,13 @@ class _Lifecycle:
 _PLAIN_SCALARS = (str, int, bool, type(None))   # == agrees with their JSON (not float's: -0.0 == 0.0)
 
 
-class _Changes(dict):  # type: ignore[type-arg]
-    """update()'s changes, with the JSON they were found between: MemoryStore, seeing that the
-    stored copy is still the one this request loaded (nobody wrote meanwhile), stores the new
-    JSON as it is instead of decoding, merging and encoding again."""
-
-    __slots__ = ("base_json", "data_json")
-    base_json: str
-    data_json: str
-
-
 def _changed_keys(base_json: str, data_json: str, data: Mapping[str, Any]
                   ) -> tuple[dict[str, Any], list[str]]:
     """The top-level keys set (new or with a different JSON value) and deleted since `base_json`."""
     if base_json == data_json:
         return {}, []
     base = _loads(base_json)
-    changes = _Changes()
-    changes.base_json, changes.data_json = base_json, data_json
+    changes = {}
     for key, value in data.items():
         if key not in base:
             changes[key] = value
@@ -4327,12 +4376,11 @@ def _django_session_store() -> type:
             cookie = self._cookie()
             base = self._bunway_base
             if base is not None and base[0] == sid and not must_create and self._bunway._calls.can_update:
-                changes, deleted = _changed_keys(base[1], data_json, data)
-                if not (yield ("update", sid, changes, deleted, cookie.to_dict(), cookie.max_age)):
+                if not (yield self._bunway._calls.update_call(sid, base[1], data_json, data, cookie)):
                     self._bunway_base = None
                     raise UpdateError  # deleted meanwhile (a logout): Django answers SessionInterrupted
             else:
-                yield ("set", sid, _document(cookie, data), cookie.max_age)
+                yield self._bunway._calls.set_call(sid, data_json, data, cookie)
             self._bunway_base = (sid, data_json)
 
         def _delete_steps(self, session_key: str | None) -> Steps:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import http.client
 import http.cookiejar
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import unittest
 import urllib.error
 import urllib.parse
@@ -314,6 +316,43 @@ class RecordingStore:
     def destroy(self, sid: str) -> None:
         self.calls.append(("destroy", sid))
         self.inner.destroy(sid)
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.calls]
+
+
+class RecordingMemoryStore(MemoryStore):
+    """RecordingStore's record of calls, from a MemoryStore that the wrappers still hand their
+    sessions as they have them (its set, update and touch are MemoryStore's own): the path of
+    the default store. `inner` reads and writes without recording."""
+
+    def __init__(self, now: Any) -> None:
+        super().__init__(now=now)
+        self.calls: list[tuple[str, str]] = []
+        self.documents: list[dict[str, Any]] = []
+        self.inner = types.SimpleNamespace(get=functools.partial(MemoryStore.get, self),
+                                           set=functools.partial(MemoryStore.set, self))
+
+    def get(self, sid: str) -> Any:
+        self.calls.append(("get", sid))
+        return super().get(sid)
+
+    def _set_session(self, sid: str, data_json: str, data: Any, cookie: SessionCookie) -> None:
+        self.calls.append(("set", sid))
+        self.documents.append({"cookie": cookie.to_dict(), **json.loads(data_json)})
+        super()._set_session(sid, data_json, data, cookie)
+
+    def _update_session(self, sid: str, base_json: str, data_json: str, data: Any, cookie: SessionCookie) -> bool:
+        self.calls.append(("update", sid))
+        return super()._update_session(sid, base_json, data_json, data, cookie)
+
+    def _touch_session(self, sid: str, cookie: SessionCookie) -> bool:
+        self.calls.append(("touch", sid))
+        return super()._touch_session(sid, cookie)
+
+    def destroy(self, sid: str) -> None:
+        self.calls.append(("destroy", sid))
+        super().destroy(sid)
 
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.calls]
@@ -1016,7 +1055,12 @@ class EitherWrapper:
 
     def setUp(self) -> None:
         self.clock = Clock(time.time())
-        self.store = RecordingStore(MemoryStore(now=self.clock))
+        self.store = self.recording_store(self.clock)
+
+    @staticmethod
+    def recording_store(clock: Clock) -> Any:
+        """A store as a third-party one is called (documents), or as the default MemoryStore."""
+        return RecordingStore(MemoryStore(now=clock))
 
     def wrap(self, handler: Callable[..., Any], **options: Any) -> Any:
         raise NotImplementedError
@@ -1231,11 +1275,25 @@ class UnderASGI:
         return asgi(asgi_text_app(handler), **options)
 
 
+class OnMemoryStore:
+    """The same rules on the default store's own path (see RecordingMemoryStore)."""
+
+    recording_store = RecordingMemoryStore
+
+
 class TestLifecycleWSGI(UnderWSGI, LifecycleRules, unittest.TestCase):
     pass
 
 
 class TestLifecycleASGI(UnderASGI, LifecycleRules, unittest.TestCase):
+    pass
+
+
+class TestLifecycleWSGIMemoryStore(OnMemoryStore, UnderWSGI, LifecycleRules, unittest.TestCase):
+    pass
+
+
+class TestLifecycleASGIMemoryStore(OnMemoryStore, UnderASGI, LifecycleRules, unittest.TestCase):
     pass
 
 
@@ -1725,6 +1783,14 @@ class TestSessionObjectWSGI(UnderWSGI, SessionObjectTests, unittest.TestCase):
 
 
 class TestSessionObjectASGI(UnderASGI, SessionObjectTests, unittest.TestCase):
+    pass
+
+
+class TestSessionObjectWSGIMemoryStore(OnMemoryStore, UnderWSGI, SessionObjectTests, unittest.TestCase):
+    pass
+
+
+class TestSessionObjectASGIMemoryStore(OnMemoryStore, UnderASGI, SessionObjectTests, unittest.TestCase):
     pass
 
 
@@ -2951,6 +3017,45 @@ class TestMemoryStore(unittest.TestCase):
         self.assertEqual(store.length(), 1)
         store.clear()
         self.assertEqual((store.size, store.all()), (0, {}))
+
+    def test_a_subclass_that_writes_its_own_way_is_handed_documents(self) -> None:
+        # The wrappers hand a MemoryStore its sessions without documents, unless a subclass
+        # overrides set, update or touch: then those are called as for any store.
+        written: list[tuple[str, dict[str, Any]]] = []
+
+        class AuditedStore(MemoryStore):
+            def set(self, sid: str, session: dict[str, Any], max_age: int | None = None) -> None:
+                written.append(("set", session))
+                super().set(sid, session, max_age)
+
+            def update(self, sid: str, changes: Any, deleted: Any, cookie: Any, max_age: Any = None) -> bool:
+                written.append(("update", dict(changes)))
+                return super().update(sid, changes, deleted, cookie, max_age)
+
+            def touch(self, sid: str, session: dict[str, Any]) -> bool:
+                written.append(("touch", session))
+                return super().touch(sid, session)
+
+        store = AuditedStore()
+        client = Client(wsgi(text_app(counter), store=store, resave=False))
+        for _ in range(2):
+            client.request()
+        Client(wsgi(text_app(reader), store=store, resave=False)).request(
+            cookie="; ".join(f"{k}={v}" for k, v in client.cookies.items()))
+        self.assertEqual([kind for kind, _ in written], ["set", "update", "touch"])
+        self.assertEqual((written[0][1]["views"], written[1][1]), (1, {"views": 2}))
+        self.assertEqual(set(written[2][1]["cookie"]), {"originalMaxAge", "expires", "secure", "httpOnly", "path",
+                                                        "sameSite"})
+
+    def test_a_cookie_field_that_cannot_be_a_key_is_kept_as_it_is(self) -> None:
+        store = MemoryStore()
+        cookie = SessionCookie(expires_ms=int(time.time() * 1000) + 60_000, original_max_age=60_000)
+        cookie.domain = ["example.com"]  # type: ignore[assignment]  # (nonsense, but it must not break the store)
+        store._set_session("a", '{"v":1}', {"v": 1}, cookie)
+        self.assertTrue(store._touch_session("a", cookie))
+        self.assertEqual((store.get("a")["v"], store.get("a")["cookie"]["domain"]), (1, ["example.com"]))
+        store.set("b", {"cookie": {"path": "/", "tags": ["x"]}, "v": 2})
+        self.assertEqual(store.get("b")["cookie"]["tags"], ["x"])
 
     def test_update_applies_only_the_given_keys(self) -> None:
         store = MemoryStore()
