@@ -233,7 +233,7 @@ def serialize_set_cookie(name: str, value: str, cookie: SessionCookie, expires_m
                                     cookie.partitioned, cookie.priority, cookie.same_site)
     if expires_ms is None:
         return name + "=" + value + head + tail
-    return name + "=" + value + head + "; Expires=" + _http_date(expires_ms) + tail
+    return name + "=" + value + head + "; Expires=" + _http_date_of_second(expires_ms // 1000) + tail
 
 
 @functools.lru_cache(maxsize=64)
@@ -316,29 +316,30 @@ def _now_ms(now: Clock) -> int:
     return int(now() * 1000)
 
 
-def _json_encoder() -> Callable[[Any], str]:
+def _json_encoder() -> Callable[[Any, int], Sequence[str]]:
     """JSON exactly as JSON.stringify writes it: no spaces, no ASCII escaping. NaN and
-    Infinity are refused because JavaScript would not read them back.
+    Infinity are refused because JavaScript would not read them back. Returns the C
+    encoder itself: encode(value, 0) gives the pieces of the JSON text.
 
     JSONEncoder.encode builds a new C encoder on every call; building it once is about
     twice as fast, and every request encodes a few times.
     """
     encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return encoder.encode
     try:
-        encode = make(None, encoder.default, json.encoder.c_encode_basestring,  # type: ignore[attr-defined]
-                      None, ":", ",", False, False, False)
+        if make is not None:
+            return make(None, encoder.default, json.encoder.c_encode_basestring,  # type: ignore[no-any-return,attr-defined]
+                        None, ":", ",", False, False, False)
     except TypeError:  # another Python's signature
-        return encoder.encode
-
-    def dumps(value: Any) -> str:
-        return "".join(encode(value, 0))
-    return dumps
+        pass
+    return lambda value, _level: (encoder.encode(value),)
 
 
-_dumps = _json_encoder()
+_encode_json = _json_encoder()
+
+
+def _dumps(value: Any) -> str:
+    return "".join(_encode_json(value, 0))
 
 
 def _reject_constant(name: str) -> Any:
@@ -690,8 +691,9 @@ class Session(dict[str, Any]):
             raise TypeError(f"session keys must be str (JSON object keys), not {type(key).__name__}")
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self._check_writable(key)
-        super().__setitem__(key, value)
+        if self._destroyed or key.__class__ is not str or key == "cookie" or key == "__lastAccess":
+            self._check_writable(key)  # (says why not)
+        dict.__setitem__(self, key, value)
 
     def __delitem__(self, key: str) -> None:
         self._check_writable()
@@ -833,7 +835,7 @@ class Session(dict[str, Any]):
 def _encode_data(session: Mapping[str, Any]) -> str:
     """The session data as JSON; a value that is not serializable is named in the error."""
     try:
-        return _dumps(session)
+        return "".join(_encode_json(session, 0))
     except (TypeError, ValueError, RecursionError):
         pass
     for key, value in session.items():
@@ -2926,7 +2928,7 @@ class _CookieOptions:
         """A new session's cookie; "auto" settings follow whether this request is secure."""
         # Every new session makes one, from options validated once: set the fields directly.
         cookie = SessionCookie.__new__(SessionCookie)
-        now_ms = _now_ms(now)
+        now_ms = int(now() * 1000)
         if self.expires_ms is not None:
             cookie._expires_ms = self.expires_ms
             cookie.original_max_age = self.expires_ms - now_ms
@@ -3388,12 +3390,12 @@ class _Lifecycle:
             # holds something, and none is stored when its cookie cannot reach the client
             # (Secure on plain http): nobody could ever come back to it.
             set_cookie = config.save_uninitialized or self.is_modified(data_json)
+            cookie = session.cookie
             if (set_cookie or self.saved_id is not None) and not self.is_saved(data_json) \
-                    and self.may_send_cookie(session.cookie):
+                    and self.may_send_cookie(cookie):
                 yield from self._save(data_json)
         if self.gone or not set_cookie:
             return []
-        cookie = session.cookie
         if not self.may_send_cookie(cookie):
             return []
         self.cookie_sent = True
@@ -3960,8 +3962,9 @@ class _ASGIResponse:
                 set_cookies = _drive(steps, calls.sync) if calls.inline else await _adrive(steps, calls.acall)
             if set_cookies:
                 start = dict(start)
-                start["headers"] = [*start.get("headers", ()),
-                                    *[(b"set-cookie", value.encode("latin-1")) for value in set_cookies]]
+                headers = start["headers"] = list(start.get("headers", ()))
+                for value in set_cookies:
+                    headers.append((b"set-cookie", value.encode("latin-1")))
             await self.send_to_server(start)
         elif message["type"] == "http.response.start":
             self.start = message
