@@ -990,7 +990,11 @@ class MemoryStore:
         # sid -> (data JSON, cookie without expires, cookie.expires in ms, deadline ms).
         # The expiry lives beside the JSON, so a touch rewrites no text.
         self._entries: dict[str, _MemoryEntry] = {}
-        self._deadlines: list[tuple[int, str]] = []  # a heap; entries may have moved on
+        # When sessions fall due, by the second: second -> the IDs whose deadline was in it
+        # when they were stored (some have moved on since), and a heap of those seconds. A
+        # session is pruned within a second after its deadline (and never returned after it).
+        self._due: dict[int, list[str]] = {}
+        self._due_seconds: list[int] = []
         # Most sessions share one cookie shape: keep one copy of each (bounded).
         self._shapes: dict[tuple[Any, ...], dict[str, Any]] = {}
 
@@ -1072,24 +1076,37 @@ class MemoryStore:
 
     def _store(self, sid: str, entry: _MemoryEntry, now_ms: int) -> None:
         if sid not in self._entries:
-            heapq.heappush(self._deadlines, (entry[3], sid))
-            if self._deadlines[0][0] <= now_ms:  # something is due
+            self._schedule(sid, entry[3])
+            if self._due_seconds[0] < now_ms // 1000:  # a second's sessions are due
                 self._prune(now_ms, budget=8)
         self._entries[sid] = entry
 
+    def _schedule(self, sid: str, deadline: int) -> None:
+        second = deadline // 1000
+        due = self._due.get(second)
+        if due is None:
+            due = self._due[second] = []
+            heapq.heappush(self._due_seconds, second)
+        due.append(sid)
+
     def _prune(self, now_ms: int, budget: int | None = None) -> None:
         """Drop sessions whose deadline passed, a bounded number a call: no request pays for all."""
-        while self._deadlines and self._deadlines[0][0] <= now_ms and budget != 0:
-            _, sid = heapq.heappop(self._deadlines)
-            entry = self._entries.get(sid)
-            if entry is None:
-                continue
-            if entry[3] <= now_ms:
-                self._drop(sid)
-                if budget is not None:
-                    budget -= 1
-            else:  # touched or saved since: wait for its new deadline
-                heapq.heappush(self._deadlines, (entry[3], sid))
+        seconds = self._due_seconds
+        while seconds and seconds[0] < now_ms // 1000 and budget != 0:
+            due = self._due[seconds[0]]
+            while due and budget != 0:
+                sid = due.pop()
+                entry = self._entries.get(sid)
+                if entry is None:
+                    continue
+                if entry[3] <= now_ms:
+                    self._drop(sid)
+                    if budget is not None:
+                        budget -= 1
+                else:  # touched or saved since: due at its new deadline
+                    self._schedule(sid, entry[3])
+            if not due:
+                del self._due[heapq.heappop(seconds)]
 
     def get(self, sid: str) -> Document | None:
         now_ms = int(self._now() * 1000)
@@ -1224,7 +1241,8 @@ class MemoryStore:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-            self._deadlines.clear()
+            self._due.clear()
+            self._due_seconds.clear()
             self._shapes.clear()
             self._users.clear()
             self._user_of.clear()

@@ -2957,7 +2957,9 @@ class TestMemoryStore(unittest.TestCase):
         store._prune(int(clock() * 1000))                 # and so does a full prune
         self.assertEqual(sorted(store._entries), ["newcomer", "saved", "touched"])
         self.assertEqual(store.get("saved")["v"], 1)
-        clock.advance(3000)
+        clock.advance(3000)                               # their deadline: no longer sessions,
+        self.assertEqual(sorted(store.all()), ["newcomer"])
+        clock.advance(1000)                               # and pruned once that second has passed
         store.set("another", document_expiring_at(now + 60_000))
         self.assertEqual(sorted(store._entries), ["another", "newcomer"])
 
