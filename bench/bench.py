@@ -864,6 +864,13 @@ def private_redis(folder: str) -> Iterator[str | None]:
         process.wait(10)
 
 
+class MemoryStoreOnThreads(bs.MemoryStore):
+    """A MemoryStore called as any store that may block is: on a worker thread. Beside the
+    inline MemoryStore it shows what a hop to a thread and back costs."""
+
+    blocking = True
+
+
 async def asgi_rows(folder: str, redis_socket: str | None,
                     dsn: str | None = None) -> tuple[dict[str, dict[str, float]], list[str]]:
     """For each workload, the cost (µs over the bare Starlette app) of each contestant."""
@@ -872,6 +879,7 @@ async def asgi_rows(folder: str, redis_socket: str | None,
     kinds: dict[str, Any] = {}
     stores: dict[str, Any] = {kind: bs.MemoryStore() if kind == "memory" else
                               bs.FileStore(os.path.join(folder, "asgi-" + kind)) for kind in ASGI_STORES}
+    stores["memory, thread"] = MemoryStoreOnThreads()
     if redis_socket is not None:
         import redis
         import redis.asyncio
@@ -932,6 +940,11 @@ def report_asgi(folder: str, misses: list[str]) -> None:
         if "ours (async redis)" in costs and workload != "W1" \
                 and costs["ours (async redis)"] >= costs["ours (redis, thread)"]:
             misses.append(f"ASGI {workload}: AsyncRedisStore not faster than RedisStore on a thread")
+    hops = {w: costs["ours (memory, thread)"] - costs["ours (memory)"] for w, costs in table.items()}
+    print("FileStore reads inline and writes on a worker thread: "
+          + ", ".join(f"{w} {costs['ours (file)']:.1f}" for w, costs in table.items())
+          + " µs; the thread hops that a store on worker threads pays (MemoryStore on threads minus inline): "
+          + ", ".join(f"{w} {hop:.1f}" for w, hop in hops.items()) + " µs")
 
 
 def starsessions_version() -> str:

@@ -51,7 +51,7 @@ def run_contestant(kind: str, name: str, workload: str, requests: int) -> None:
         middleware = {"bare": [],
                       "ours": [B.Middleware(bs.ASGISessionMiddleware, secret=B.SECRET, store=bs.MemoryStore(),
                                             resave=False, save_uninitialized=False)],
-                      "floor": [B.Middleware(B.FloorASGI)],
+                      "floor": [B.Middleware(B.FloorASGI, data={})],
                       "starlette cookie": [B.Middleware(B.StarletteCookieSessions, secret_key=B.SECRET)]}
         if B.starsessions is not None:
             middleware["starsessions"] = [
