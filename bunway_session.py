@@ -724,8 +724,8 @@ class Session(dict[str, Any]):
         self._check_writable()
         super().clear()
 
-    # The session methods of express-session. Under ASGI, regenerate() and destroy() do
-    # their store work when the response is committed; save() and reload() have async twins.
+    # The session methods of express-session. regenerate(), cycle_id() and destroy() delete
+    # the old ID from the store at once; save() and reload() have async twins.
     def regenerate(self) -> None:
         """Destroy this session in the store and continue with a new ID, no data and a new
         cookie. Call it at login, so an ID planted before login is worthless after it."""
@@ -3258,6 +3258,7 @@ class _StoreCalls:
 
 
 _DELETIONS: set[asyncio.Task[Any]] = set()   # deletions under way: discard() starts them
+_NO_COOKIE: tuple[str | None, int, str] = (None, -1, "")   # what _verify_cookie says of no cookie
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -3288,7 +3289,7 @@ class _Lifecycle:
         self.websocket = websocket
         # The ID the request's cookie names (verified), which secret signed it, its value.
         self.cookie_id, self.cookie_secret_index, self.cookie_value = config._verify_cookie(
-            _find_cookie(cookie_header, config.name) if cookie_header else None)
+            _find_cookie(cookie_header, config.name)) if cookie_header else _NO_COOKIE
         self.loaded_id: str | None = None   # the ID whose stored copy this request read
         self.original_json = "{}"           # the data as loaded (JSON)
         self.saved_id: str | None = None    # the ID and data the store holds, as far as we know
@@ -3403,19 +3404,22 @@ class _Lifecycle:
             # new session.permanent do, sends the cookie even when it has no expiry.)
             set_cookie = config.rolling or self.marked_modified or (
                 cookie._expires_ms is not None and self.is_modified(data_json))
+            if self.gone or not set_cookie or not self.may_send_cookie(cookie):
+                return []
         else:
             # A new (or regenerated) session: an uninitialized one is stored only once it
             # holds something, and none is stored when its cookie cannot reach the client
             # (Secure on plain http): nobody could ever come back to it.
             set_cookie = config.save_uninitialized or self.is_modified(data_json)
+            if not set_cookie and self.saved_id is None:
+                return []
             cookie = session.cookie
-            if (set_cookie or self.saved_id is not None) and not self.is_saved(data_json) \
-                    and self.may_send_cookie(cookie):
+            if not self.may_send_cookie(cookie):
+                return []
+            if not self.is_saved(data_json):
                 yield from self._save(data_json)
-        if self.gone or not set_cookie:
-            return []
-        if not self.may_send_cookie(cookie):
-            return []
+            if self.gone or not set_cookie:
+                return []
         self.cookie_sent = True
         return [serialize_set_cookie(config.name, self._cookie_value(), cookie, cookie._expires_ms)]
 
