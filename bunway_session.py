@@ -1015,23 +1015,23 @@ class MemoryStore:
             pass
         return shape
 
-    def _entry(self, data_json: str, cookie: Mapping[str, Any], now_ms: int,
+    def _entry(self, data_json: str, cookie: SessionCookie | Mapping[str, Any], now_ms: int,
                current: dict[str, Any] | None = None) -> _MemoryEntry:
-        expires = _cookie_expires_ms(cookie)
-        return data_json, self._shape(cookie, current), expires, int(_deadline_ms(expires, now_ms, self.ttl))
-
-    def _entry_of(self, data_json: str, cookie: SessionCookie, now_ms: int,
-                  current: dict[str, Any] | None = None) -> _MemoryEntry:
-        """The same from a SessionCookie: a shape kept already is found by the cookie's fields,
-        with no cookie object written and no date formatted."""
-        key: tuple[Any, ...] | None = cookie._shape_key()
-        try:
-            shape = self._shapes.get(key)  # type: ignore[arg-type]
-        except TypeError:  # (a field holds something unhashable)
-            key = shape = None
-        if shape is None:
-            shape = self._shape(cookie.to_dict(), current, key)
-        expires = cookie._expires_ms
+        """An entry for the data's JSON and a cookie: a stored cookie object, or the lifecycle's
+        SessionCookie, whose shape, when kept already, is found by its fields (no cookie
+        object written, no date formatted)."""
+        if isinstance(cookie, SessionCookie):
+            key: tuple[Any, ...] | None = cookie._shape_key()
+            try:
+                shape = self._shapes.get(key)  # type: ignore[arg-type]
+            except TypeError:  # (a field holds something unhashable)
+                key = shape = None
+            if shape is None:
+                shape = self._shape(cookie.to_dict(), current, key)
+            expires = cookie._expires_ms
+        else:
+            expires = _cookie_expires_ms(cookie)
+            shape = self._shape(cookie, current)
         return data_json, shape, expires, int(_deadline_ms(expires, now_ms, self.ttl))
 
     @staticmethod
@@ -1115,23 +1115,19 @@ class MemoryStore:
         return None if entry is None else self._decode(entry)
 
     def set(self, sid: str, session: Document, max_age: int | None = None) -> None:
-        now_ms = int(self._now() * 1000)
         data = dict(session)
         cookie = data.pop("cookie", None) or {}
-        entry = self._entry(_dumps(data), cookie, now_ms)
-        with self._lock:
-            self._store(sid, entry, now_ms)
-            if self.user_key is not None:
-                self._index(sid, _user_of(data, self.user_key))
+        self._set_session(sid, _dumps(data), data, cookie)
 
     # The lifecycle hands MemoryStore its session as it has it, the data's JSON and the
     # SessionCookie, where any other store gets a document (see _StoreCalls.takes_sessions):
     # no document is built, no date formatted, and nothing parsed or encoded again.
 
-    def _set_session(self, sid: str, data_json: str, data: Mapping[str, Any], cookie: SessionCookie) -> None:
-        """set() of a session whose data's JSON is `data_json`."""
+    def _set_session(self, sid: str, data_json: str, data: Mapping[str, Any],
+                     cookie: SessionCookie | Mapping[str, Any]) -> None:
+        """set() of `data`, whose JSON is `data_json`."""
         now_ms = int(self._now() * 1000)
-        entry = self._entry_of(data_json, cookie, now_ms)
+        entry = self._entry(data_json, cookie, now_ms)
         with self._lock:
             self._store(sid, entry, now_ms)
             if self.user_key is not None:
@@ -1169,29 +1165,23 @@ class MemoryStore:
                 if entry is None:
                     return False
                 if entry[0] == base_json:
-                    self._store(sid, self._entry_of(data_json, cookie, now_ms, entry[1]), now_ms)
+                    self._store(sid, self._entry(data_json, cookie, now_ms, entry[1]), now_ms)
                     return True
         return self.update(sid, *_changed_keys(base_json, data_json, data), cookie.to_dict())
 
-    def _touch_session(self, sid: str, cookie: SessionCookie) -> bool:
-        """touch() of a session whose cookie is `cookie`."""
+    def _touch_session(self, sid: str, cookie: SessionCookie | Mapping[str, Any]) -> bool:
+        """touch() with the session's cookie."""
         now_ms = int(self._now() * 1000)
         with self._lock:
             entry = self._live(sid, now_ms)
             if entry is None:
                 return False
-            self._entries[sid] = self._entry_of(entry[0], cookie, now_ms, entry[1])
+            self._entries[sid] = self._entry(entry[0], cookie, now_ms, entry[1])
             return True
 
     def touch(self, sid: str, session: Document) -> bool:
         """Take the session's new cookie (its expiry); the stored data stays as it is."""
-        now_ms = int(self._now() * 1000)
-        with self._lock:
-            entry = self._live(sid, now_ms)
-            if entry is None:
-                return False
-            self._entries[sid] = self._entry(entry[0], session.get("cookie") or {}, now_ms, entry[1])
-            return True
+        return self._touch_session(sid, session.get("cookie") or {})
 
     def destroy(self, sid: str) -> None:
         with self._lock:

@@ -330,14 +330,17 @@ class RecordingMemoryStore(MemoryStore):
         super().__init__(now=now)
         self.calls: list[tuple[str, str]] = []
         self.documents: list[dict[str, Any]] = []
-        self.inner = types.SimpleNamespace(get=functools.partial(MemoryStore.get, self),
-                                           set=functools.partial(MemoryStore.set, self))
+        self.inner = types.SimpleNamespace(get=functools.partial(MemoryStore.get, self), set=self.set_unrecorded)
+
+    def set_unrecorded(self, sid: str, session: dict[str, Any]) -> None:
+        data = {key: value for key, value in session.items() if key != "cookie"}
+        MemoryStore._set_session(self, sid, bs._dumps(data), data, session["cookie"])
 
     def get(self, sid: str) -> Any:
         self.calls.append(("get", sid))
         return super().get(sid)
 
-    def _set_session(self, sid: str, data_json: str, data: Any, cookie: SessionCookie) -> None:
+    def _set_session(self, sid: str, data_json: str, data: Any, cookie: Any) -> None:
         self.calls.append(("set", sid))
         self.documents.append({"cookie": cookie.to_dict(), **json.loads(data_json)})
         super()._set_session(sid, data_json, data, cookie)
