@@ -774,21 +774,21 @@ class Session(dict[str, Any]):
     def save(self) -> None:
         """Write the session to the store now (the end of the request then saves only new changes)."""
         self._check_writable()
-        self._lifecycle.run(self._lifecycle.save_now(), "asave")
+        self._lifecycle.run(self._lifecycle.save_now(self), "asave")
 
     async def asave(self) -> None:
         """save() for an ASGI app (and a websocket's way to save before it closes): awaits the store."""
         self._check_writable()
-        await self._lifecycle.arun(self._lifecycle.save_now())
+        await self._lifecycle.arun(self._lifecycle.save_now(self))
 
     def destroy_other_sessions(self) -> int:
         """End the other sessions of this session's user (its store's user_key names the user):
         "log out my other devices". Returns how many ended; 0 when nobody is logged in here."""
-        return self._lifecycle.run(self._lifecycle.destroy_others(), "adestroy_other_sessions")  # type: ignore[no-any-return]
+        return self._lifecycle.run(self._lifecycle.destroy_others(self), "adestroy_other_sessions")  # type: ignore[no-any-return]
 
     async def adestroy_other_sessions(self) -> int:
         """destroy_other_sessions() for an ASGI app: awaits the store."""
-        return await self._lifecycle.arun(self._lifecycle.destroy_others())  # type: ignore[no-any-return]
+        return await self._lifecycle.arun(self._lifecycle.destroy_others(self))  # type: ignore[no-any-return]
 
     def touch(self) -> None:
         """Reset the cookie's expiry to now + its original max age."""
@@ -3088,7 +3088,7 @@ class _SessionConfig:
         where = (options.path, options.domain) if self._cookie_factory is None else (self._cookie_factory,)
         return (self._keys, self.name, *where)
 
-    def generate_id(self, carrier: Mapping[str, Any]) -> str:
+    def generate_id(self, carrier: Mapping[str, Any] | None) -> str:
         if self._genid is None:  # 32 URL-safe characters, as express-session's uid-safe makes them
             return binascii.b2a_base64(os.urandom(24), newline=False).translate(_URL_SAFE).decode("ascii")
         sid = self._genid(carrier)
@@ -3266,13 +3266,15 @@ class _Lifecycle:
     __slots__ = ("carrier", "committed_json", "config", "cookie_id", "cookie_secret_index",
                  "cookie_sent", "cookie_value", "deletions", "discarded", "gone", "id_changed", "loaded_id",
                  "loop", "marked_modified", "options", "original_json", "original_login", "saved_id",
-                 "saved_json", "secure", "session", "websocket")
+                 "saved_json", "secure", "websocket")
 
     def __init__(self, config: _SessionConfig, carrier: Mapping[str, Any], secure: bool,
                  cookie_header: str | None, options: _CookieOptions,
                  loop: asyncio.AbstractEventLoop | None = None, websocket: bool = False) -> None:
         self.config = config
-        self.carrier = carrier          # the environ or scope: what genid and a cookie callable get
+        # The environ or scope, for a genid that makes the ID later (only then: the environ
+        # holds the session, so keeping it otherwise would be a reference cycle).
+        self.carrier = carrier if config._genid is not None else None
         self.secure = secure            # the request came over https (or wss)
         self.options = options
         self.loop = loop
@@ -3323,7 +3325,6 @@ class _Lifecycle:
             if not self.config.resave:
                 # resave=False: a loaded session counts as saved until it changes.
                 self.saved_id, self.saved_json = session._id, self.original_json
-        self.session = session
         return session
 
     def new_id(self) -> str:
@@ -3334,22 +3335,21 @@ class _Lifecycle:
 
     # -- express-session's predicates ----------------------------------------
 
-    def is_cookies_session(self) -> bool:
+    def is_cookies_session(self, session: Session) -> bool:
         """Is this the session the request's cookie named (express: cookieId === sessionID)?"""
-        return self.cookie_id is not None and self.cookie_id == self.session._id
+        return self.cookie_id is not None and self.cookie_id == session._id
 
     def is_modified(self, data_json: str) -> bool:
         return self.id_changed or self.marked_modified or self.original_json != data_json
 
-    def is_saved(self, data_json: str) -> bool:
-        return self.saved_json == data_json and self.saved_id == self.session._id and not self.marked_modified
+    def is_saved(self, session: Session, data_json: str) -> bool:
+        return self.saved_json == data_json and self.saved_id == session._id and not self.marked_modified
 
-    def is_unused(self) -> bool:
+    def is_unused(self, session: Session) -> bool:
         """A new session the request never used (no data, not destroyed, no ID made: not
         regenerated, not saved) under save_uninitialized=False: commit would neither save it
         nor send its cookie, so it has nothing to do (most anonymous page views; the adapters
         skip it)."""
-        session = self.session
         return (not self.config.save_uninitialized and session._id is None and not session
                 and not session._destroyed)
 
@@ -3364,30 +3364,29 @@ class _Lifecycle:
 
     # -- the step functions ------------------------------------------------------
 
-    def commit(self) -> Steps:
+    def commit(self, session: Session) -> Steps:
         """The end of the request, just before the headers go out: touch the cookie, then
         save or store-touch the session, then the Set-Cookie header if one is due. Returns
         the Set-Cookie values to add."""
-        session = self.session
         config = self.config
-        if config.login_key is not None and not session._destroyed and self.is_login():
+        if config.login_key is not None and not session._destroyed and self.is_login(session):
             self.discarded.append(session.id)
             session._id = self.new_id()
             self.id_replaced()
         if self.discarded:
             yield from self._destroy_discarded()
         if session._destroyed:
-            return self._expired_cookie() if self.cookie_id is not None else []
+            return self._expired_cookie(session) if self.cookie_id is not None else []
         if session._cookie is not None:  # (a cookie made just now needs no touch)
             session._cookie.reset_expiry()
         data_json = _encode_data(session) if session else "{}"
         self.committed_json = data_json
-        if self.is_cookies_session():
+        if self.is_cookies_session(session):
             # express-session's shouldSave, shouldTouch and shouldSetCookie for the session
             # the cookie named: saved when it changed, else its new expiry is stored.
             cookie = session.cookie
-            if not self.is_saved(data_json):
-                yield from self._save(data_json)
+            if not self.is_saved(session, data_json):
+                yield from self._save(session, data_json)
             elif config._calls.can_touch and (yield config._calls.touch_call(session.id, session, cookie)) is False:
                 self.gone = True
             # (The app saying it changed the session, as Flask's session.modified = True or a
@@ -3406,30 +3405,28 @@ class _Lifecycle:
             cookie = session.cookie
             if not self.may_send_cookie(cookie):
                 return []
-            if not self.is_saved(data_json):
-                yield from self._save(data_json)
+            if not self.is_saved(session, data_json):
+                yield from self._save(session, data_json)
             if self.gone or not set_cookie:
                 return []
         self.cookie_sent = True
-        return [serialize_set_cookie(config.name, self._cookie_value(), cookie, cookie._expires_ms)]
+        return [serialize_set_cookie(config.name, self._cookie_value(session), cookie, cookie._expires_ms)]
 
-    def commit_late(self) -> Steps:
+    def commit_late(self, session: Session) -> Steps:
         """At the end of a response whose headers went out earlier: save what changed since."""
         if self.discarded:
             yield from self._destroy_discarded()
-        session = self.session
         if session._destroyed or self.gone:
             return
         data_json = _encode_data(session)
-        client_has_it = self.cookie_sent or self.is_cookies_session()
-        if data_json != self.committed_json and client_has_it and not self.is_saved(data_json):
-            yield from self._save(data_json)
+        client_has_it = self.cookie_sent or self.is_cookies_session(session)
+        if data_json != self.committed_json and client_has_it and not self.is_saved(session, data_json):
+            yield from self._save(session, data_json)
 
-    def commit_websocket(self) -> Steps:
+    def commit_websocket(self, session: Session) -> Steps:
         """When a websocket's handler returns (or at asave()): its changes to a loaded
         session, key by key, leaving the stored cookie and expiry as they are (an HTTP
         request may have moved them meanwhile); nothing if the session is gone."""
-        session = self.session
         if self.loaded_id is None or self.gone:
             return  # a websocket never creates a stored session
         data_json = _encode_data(session)
@@ -3448,25 +3445,25 @@ class _Lifecycle:
         else:
             self.gone = True
 
-    def save_now(self) -> Steps:
+    def save_now(self, session: Session) -> Steps:
         """session.save() and asave()."""
         if self.websocket:
-            yield from self.commit_websocket()
+            yield from self.commit_websocket(session)
             return
         if self.discarded:
             yield from self._destroy_discarded()
-        yield from self._save(_encode_data(self.session))
+        yield from self._save(session, _encode_data(session))
 
-    def destroy_others(self) -> Steps:
+    def destroy_others(self, session: Session) -> Steps:
         """session.destroy_other_sessions(): its user's sessions but this one end (section 13)."""
         store = self.config.store
         user_key = getattr(store, "user_key", None)
         if user_key is None:
             raise _no_user_index(store)
-        user = self.session.get(user_key)
+        user = session.get(user_key)
         if user is None:
             return 0
-        return (yield ("destroy_sessions_of", user, self.session.id))
+        return (yield ("destroy_sessions_of", user, session.id))
 
     def reload(self, sid: str) -> Steps:
         """session.reload() and areload(): the stored copy's data and cookie."""
@@ -3483,12 +3480,11 @@ class _Lifecycle:
         self.gone = False
         return document, cookie
 
-    def _save(self, data_json: str) -> Steps:
+    def _save(self, session: Session, data_json: str) -> Steps:
         """Write the session. A session this request loaded is updated key by key onto the
         store's current copy when the store can (so parallel requests keep each other's
         keys, and a session destroyed meanwhile stays destroyed); otherwise the whole
         document is written, as express-session does."""
-        session = self.session
         cookie = session.cookie
         calls = self.config._calls
         if self.loaded_id is not None and self.loaded_id == session._id and calls.can_update:
@@ -3505,17 +3501,17 @@ class _Lifecycle:
         while self.discarded:
             yield ("destroy", self.discarded.pop(0))
 
-    def _expired_cookie(self) -> list[str]:
-        cookie = self.session.cookie
+    def _expired_cookie(self, session: Session) -> list[str]:
+        cookie = session.cookie
         if not self.may_send_cookie(cookie):
             return []
         return [serialize_set_cookie(self.config.name, "", cookie, 0)]
 
-    def _cookie_value(self) -> str:
+    def _cookie_value(self, session: Session) -> str:
         """The signed ID, encoded; the request's own cookie when the current secret signed it."""
-        if self.cookie_secret_index == 0 and self.is_cookies_session():
+        if self.cookie_secret_index == 0 and self.is_cookies_session(session):
             return self.cookie_value
-        return self.config.cookie_value(self.session.id)
+        return self.config.cookie_value(session.id)
 
     # -- what the session's methods need ------------------------------------------
 
@@ -3553,14 +3549,13 @@ class _Lifecycle:
         self.gone = False
         self.id_changed = True
 
-    def is_login(self) -> bool:
+    def is_login(self, session: Session) -> bool:
         """Did this request set the login key, or change its value, on a session the store
         already holds under the cookie's ID? (A login: the interfaces then give the session
         a new ID, so an ID planted before the login is worthless after it. A new session's
         ID is fresh already.)"""
         key = self.config.login_key
-        session = self.session
-        return (key is not None and key in session and self.is_cookies_session()
+        return (key is not None and key in session and self.is_cookies_session(session)
                 and _dumps(session[key]) != self.original_login)
 
     def run(self, steps: Steps, twin: str) -> Any:
@@ -3690,8 +3685,8 @@ class SessionMiddleware(_SessionConfig):
                         "FileStore or RedisStore.")
         lifecycle = _Lifecycle(self, environ, _is_secure(environ, self.proxy), environ.get("HTTP_COOKIE"), options)
         sid = lifecycle.cookie_id
-        environ[ENVIRON_KEY] = lifecycle.load(None if sid is None else self.store.get(sid))
-        response = _Response(lifecycle, start_response)
+        session = environ[ENVIRON_KEY] = lifecycle.load(None if sid is None else self.store.get(sid))
+        response = _Response(lifecycle, session, start_response)
         # If the app raises, nothing is committed: its half-made changes are dropped.
         body = self.app(environ, response.start_response)
         if body.__class__ is not list and inspect.isawaitable(body):
@@ -3709,10 +3704,11 @@ class _Response:
     body chunk, a write() call, or the end of an empty body."""
 
     __slots__ = ("committed", "failed", "headers", "lifecycle", "server_start_response", "server_write",
-                 "status")
+                 "session", "status")
 
-    def __init__(self, lifecycle: _Lifecycle, start_response: StartResponse) -> None:
+    def __init__(self, lifecycle: _Lifecycle, session: Session, start_response: StartResponse) -> None:
         self.lifecycle = lifecycle
+        self.session = session
         self.server_start_response = start_response
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
@@ -3768,11 +3764,11 @@ class _Response:
     def commit(self) -> list[str]:
         """The session's commit (none for an unused session); its Set-Cookie values."""
         self.committed = True
-        lifecycle = self.lifecycle
-        return [] if lifecycle.is_unused() else _drive(lifecycle.commit(), lifecycle.config._calls.sync)
+        lifecycle, session = self.lifecycle, self.session
+        return [] if lifecycle.is_unused(session) else _drive(lifecycle.commit(session), lifecycle.config._calls.sync)
 
     def commit_late(self) -> None:
-        _drive(self.lifecycle.commit_late(), self.lifecycle.config._calls.sync)
+        _drive(self.lifecycle.commit_late(self.session), self.lifecycle.config._calls.sync)
 
     def finish(self) -> None:
         """close(): save what changed while streaming, unless the app failed."""
@@ -3933,10 +3929,10 @@ class ASGISessionMiddleware(_SessionConfig):
             # The handshake reply goes out as the app sends it (no Set-Cookie); the
             # websocket's changes are saved when its handler returns.
             await self.app(scope, receive, send)
-            await lifecycle.arun(lifecycle.commit_websocket())
+            await lifecycle.arun(lifecycle.commit_websocket(session))
             return None
         # If the app raises, what was not committed is dropped, and the error propagates.
-        await self.app(scope, receive, _ASGIResponse(lifecycle, send).send)
+        await self.app(scope, receive, _ASGIResponse(lifecycle, session, send).send)
         return None
 
 
@@ -3947,10 +3943,11 @@ class _ASGIResponse:
     Changes made while the body streams are saved before the last body message is passed
     on, so the client's next request sees them."""
 
-    __slots__ = ("ended", "lifecycle", "send_to_server", "start")
+    __slots__ = ("ended", "lifecycle", "send_to_server", "session", "start")
 
-    def __init__(self, lifecycle: _Lifecycle, send: Callable[[Any], Awaitable[None]]) -> None:
+    def __init__(self, lifecycle: _Lifecycle, session: Session, send: Callable[[Any], Awaitable[None]]) -> None:
         self.lifecycle = lifecycle
+        self.session = session
         self.send_to_server = send
         self.start: dict[str, Any] | None = None
         self.ended = False
@@ -3968,9 +3965,9 @@ class _ASGIResponse:
             set_cookies: list[str] = []
             if lifecycle.deletions:
                 await lifecycle.settle()
-            if not lifecycle.is_unused():
+            if not lifecycle.is_unused(self.session):
                 calls = lifecycle.config._calls
-                steps = lifecycle.commit()
+                steps = lifecycle.commit(self.session)
                 set_cookies = _drive(steps, calls.sync) if calls.inline else await _adrive(steps, calls.acall)
             if set_cookies:
                 start = dict(start)
@@ -3983,7 +3980,7 @@ class _ASGIResponse:
             return
         elif not self.ended and _ends_body(message):
             self.ended = True
-            await self.lifecycle.arun(self.lifecycle.commit_late())
+            await self.lifecycle.arun(self.lifecycle.commit_late(self.session))
         await self.send_to_server(message)
 
 
@@ -4193,7 +4190,7 @@ class FlaskSessionInterface(_SessionInterface):
         if sys.exc_info()[0] is not None:
             return
         lifecycle = session._lifecycle
-        set_cookies = [] if lifecycle.is_unused() else _drive(lifecycle.commit(), self._calls.sync)
+        set_cookies = [] if lifecycle.is_unused(session) else _drive(lifecycle.commit(session), self._calls.sync)
         self._add_headers(response, session, set_cookies)
 
 
@@ -4235,12 +4232,12 @@ class QuartSessionInterface(_SessionInterface):
     async def save_session(self, app: Any, session: Session, response: Any) -> None:
         lifecycle = session._lifecycle
         if lifecycle.websocket:
-            await lifecycle.arun(lifecycle.commit_websocket())
+            await lifecycle.arun(lifecycle.commit_websocket(session))
             return
         if sys.exc_info()[0] is not None:  # an unhandled error (see FlaskSessionInterface)
             await lifecycle.settle()       # (a logout before it is final)
             return
-        set_cookies = [] if lifecycle.is_unused() else await lifecycle.arun(lifecycle.commit())
+        set_cookies = [] if lifecycle.is_unused(session) else await lifecycle.arun(lifecycle.commit(session))
         self._add_headers(response, session, set_cookies)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import http
 import http.client
 import http.cookiejar
@@ -3061,6 +3062,50 @@ class TestMemoryStore(unittest.TestCase):
         self.assertEqual((store.get("a")["v"], store.get("a")["cookie"]["domain"]), (1, ["example.com"]))
         store.set("b", {"cookie": {"path": "/", "tags": ["x"]}, "v": 2})
         self.assertEqual(store.get("b")["cookie"]["tags"], ["x"])
+
+    def test_a_request_leaves_no_reference_cycle_behind(self) -> None:
+        # The lifecycle is handed its session rather than keeping it: a finished request's
+        # objects are freed at once, with nothing left for the garbage collector to find.
+        store = MemoryStore()
+        wsgi_app = wsgi(text_app(counter), store=store, resave=False)
+        asgi_app = asgi(asgi_text_app(counter), store=store, resave=False)
+        cookie = Client(wsgi_app, validate=False).request().session_cookie().split(";", 1)[0]
+
+        def wsgi_request(cookie: str | None) -> None:
+            environ: dict[str, Any] = {}
+            setup_testing_defaults(environ)
+            if cookie:
+                environ["HTTP_COOKIE"] = cookie
+            body = wsgi_app(environ, lambda status, headers, exc_info=None: None)
+            list(body)
+            getattr(body, "close", lambda: None)()
+
+        async def asgi_requests() -> None:
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: dict[str, Any]) -> None:
+                pass
+
+            for cookie_header in (None, cookie.encode(), None, cookie.encode()):
+                headers = [(b"cookie", cookie_header)] if cookie_header else []
+                await asgi_app({"type": "http", "method": "GET", "path": "/", "headers": headers,
+                                "scheme": "http"}, receive, send)
+
+        loop = asyncio.new_event_loop()
+        try:
+            for step in (lambda: [wsgi_request(c) for c in (None, cookie, None, cookie)],
+                         lambda: loop.run_until_complete(asgi_requests())):
+                step()   # (a first run: whatever is made once is made)
+                gc.collect()
+                gc.disable()
+                try:
+                    step()
+                    self.assertEqual(gc.collect(), 0)
+                finally:
+                    gc.enable()
+        finally:
+            loop.close()
 
     def test_update_applies_only_the_given_keys(self) -> None:
         store = MemoryStore()
