@@ -3259,9 +3259,11 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 
 class _Lifecycle:
-    """One request's session and express-session's rules for it, written once for both
-    wrappers: load, then at commit decide save / store touch / Set-Cookie with the small
-    predicates below. `loop` is the ASGI app's event loop (None under WSGI)."""
+    """What one request knows of its session, and express-session's rules for it, written
+    once for both wrappers: load, then at commit decide save / store touch / Set-Cookie with
+    the small predicates below. The adapters hand it the session it made (it keeps no
+    reference to it, so a finished request leaves no cycle for the garbage collector).
+    `loop` is the ASGI app's event loop (None under WSGI)."""
 
     __slots__ = ("carrier", "committed_json", "config", "cookie_id", "cookie_secret_index",
                  "cookie_sent", "cookie_value", "deletions", "discarded", "gone", "id_changed", "loaded_id",
