@@ -442,12 +442,8 @@ def main() -> int:
             with make() as store:
                 why_not = store if isinstance(store, str) else missing(python_app)
                 if why_not:
-                    if REQUIRE_ALL:
-                        print(f"FAIL {kind} ({python_app}): {why_not}, and BUNWAY_REQUIRE_ALL=1")
-                        failed += 1
-                    else:
-                        print(f"SKIP {kind} ({python_app}): {why_not} (install it to run these scenarios)")
-                        skipped += len(SCENARIOS) - (kind != "file")
+                    broke, left = cannot_run(f"{kind} ({python_app})", why_not, len(SCENARIOS) - (kind != "file"))
+                    failed, skipped = failed + broke, skipped + left
                     continue
                 assert not isinstance(store, str)
                 sides = start_sides(store, python_app)
@@ -461,12 +457,8 @@ def main() -> int:
             with make() as store:
                 why_not = store if isinstance(store, str) else missing_modules(modules)
                 if why_not:
-                    if REQUIRE_ALL:
-                        print(f"FAIL {kind} ({framework}): {why_not}, and BUNWAY_REQUIRE_ALL=1")
-                        failed += 1
-                    else:
-                        print(f"SKIP {kind} ({framework}): {why_not} (install it to run these scenarios)")
-                        skipped += len(FRAMEWORK_SCENARIOS)
+                    broke, left = cannot_run(f"{kind} ({framework})", why_not, len(FRAMEWORK_SCENARIOS))
+                    failed, skipped = failed + broke, skipped + left
                     continue
                 assert not isinstance(store, str)
                 env = {key[4:]: value for key, value in store.items() if key.startswith("env_")}
@@ -481,6 +473,16 @@ def main() -> int:
                         side.stop()
     print(f"{passed} passed, {failed} failed, {skipped} skipped")
     return 1 if failed else 0
+
+
+def cannot_run(label: str, why_not: str, scenarios: int) -> tuple[int, int]:
+    """A side that cannot run here: a failure when every component is required
+    (BUNWAY_REQUIRE_ALL=1), else its scenarios skipped; (failed, skipped)."""
+    if REQUIRE_ALL:
+        print(f"FAIL {label}: {why_not}, and BUNWAY_REQUIRE_ALL=1")
+        return 1, 0
+    print(f"SKIP {label}: {why_not} (install it to run these scenarios)")
+    return 0, scenarios
 
 
 def run_scenarios(label: str, scenarios: list[Callable[..., None]], sides: list[Side],
