@@ -2999,6 +2999,55 @@ _PLAIN_VALUE = re.compile(r"[A-Za-z0-9_-]+")   # what encodeURIComponent leaves 
 _URL_SAFE = bytes.maketrans(b"+/", b"-_")      # base64 -> base64url (24 bytes need no padding)
 
 
+class _SessionIds:
+    """New session IDs as express-session's uid-safe makes them: 24 bytes from the operating
+    system's generator (os.urandom), in 32 URL-safe base64 characters.
+
+    They are drawn 64 at a time, one system call instead of 64, and the batch is fork-safe
+    at the kernel's level: it is used only while a marker byte is set in a page mapped with
+    MADV_WIPEONFORK, which a child process of any fork sees zeroed (os.fork, multiprocessing,
+    and a server that forks from C without Python's fork hooks, as uWSGI does). So a child
+    never hands out an ID its parent holds. Where the kernel cannot wipe a page on fork (not
+    Linux, or Linux before 4.14), each ID is drawn on its own."""
+
+    BATCH = 64
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._marker = self._wiped_on_fork()
+
+    @staticmethod
+    def _wiped_on_fork() -> Any:
+        """A private page the kernel zeroes in a forked child, or None."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            import mmap
+            page = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            page.madvise(getattr(mmap, "MADV_WIPEONFORK", 18))  # (Linux's value on every architecture)
+        except (ImportError, AttributeError, OSError, ValueError):
+            return None
+        return page
+
+    def draw(self) -> str:
+        marker = self._marker
+        if marker is None:
+            return binascii.b2a_base64(os.urandom(24), newline=False).translate(_URL_SAFE).decode("ascii")
+        if marker[0]:
+            try:
+                return self._ids.pop()
+            except IndexError:  # (used up; another thread may have taken the last one)
+                pass
+        text = binascii.b2a_base64(os.urandom(24 * self.BATCH), newline=False).translate(_URL_SAFE).decode("ascii")
+        ids = [text[start:start + 32] for start in range(32, 32 * self.BATCH, 32)]
+        self._ids = ids
+        marker[0] = 1
+        return text[:32]
+
+
+_new_session_id = _SessionIds().draw
+
+
 class _SessionConfig:
     """What every adapter shares, and needs no application for: the options, reading the
     session cookie, making IDs, cookies and cookie values, and how to call the store. The
@@ -3090,7 +3139,7 @@ class _SessionConfig:
 
     def generate_id(self, carrier: Mapping[str, Any] | None) -> str:
         if self._genid is None:  # 32 URL-safe characters, as express-session's uid-safe makes them
-            return binascii.b2a_base64(os.urandom(24), newline=False).translate(_URL_SAFE).decode("ascii")
+            return _new_session_id()
         sid = self._genid(carrier)
         if not isinstance(sid, str) or not sid:
             raise TypeError(f"genid must return a non-empty str, not {sid!r}")

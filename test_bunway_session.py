@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import types
@@ -902,6 +903,95 @@ class TestOptions(unittest.TestCase):
         self.assertEqual(len(ids), 50)
         for sid in ids:
             self.assertRegex(sid, r"^[A-Za-z0-9_-]{32}$")
+
+    def test_new_ids_stay_unique_and_well_formed_across_batches(self) -> None:
+        import base64
+        batched, one_by_one = bs._SessionIds(), bs._SessionIds()
+        one_by_one._marker = None   # where the kernel cannot wipe a page on fork
+        for source in (batched, one_by_one):
+            with self.subTest(batched=source is batched):
+                ids = [source.draw() for _ in range(3 * source.BATCH + 5)]
+                self.assertEqual(len(set(ids)), len(ids))
+                for sid in ids:
+                    self.assertRegex(sid, r"^[A-Za-z0-9_-]{32}$")
+                    self.assertEqual(len(base64.urlsafe_b64decode(sid)), 24)
+
+    def test_threads_drawing_ids_at_once_never_share_one(self) -> None:
+        source = bs._SessionIds()
+        barrier = threading.Barrier(8, timeout=30)
+        drawn: list[list[str]] = []
+
+        def draw() -> None:
+            barrier.wait()
+            drawn.append([source.draw() for _ in range(300)])
+        threads = [threading.Thread(target=draw) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        ids = [sid for batch in drawn for sid in batch]
+        self.assertEqual(len(ids), 8 * 300)
+        self.assertEqual(len(set(ids)), len(ids))
+
+    @unittest.skipIf(bs._new_session_id.__self__._marker is None,
+                     "IDs are drawn one at a time here: the kernel cannot wipe a page on fork (not Linux >= 4.14)")
+    def test_a_forked_child_never_hands_out_an_id_its_parent_holds(self) -> None:
+        # The parent has a batch in hand when it forks: through Python (os.fork, whose hooks
+        # run) and straight through libc, as a server that forks from C does. Each child,
+        # and a grandchild, draws IDs of its own.
+        script = textwrap.dedent("""
+            import ctypes, json, os, sys
+            sys.path.insert(0, sys.argv[1])
+            import bunway_session as bs
+            draw = bs._new_session_id
+
+            def in_child(fork):
+                read, write = os.pipe()
+                pid = fork()
+                if pid == 0:
+                    try:
+                        os.write(write, json.dumps([draw() for _ in range(5)]).encode())
+                    finally:
+                        os._exit(0)
+                os.close(write)
+                os.waitpid(pid, 0)
+                with os.fdopen(read) as pipe:
+                    return json.loads(pipe.read())
+
+            def grandchild(fork):
+                read, write = os.pipe()
+                pid = fork()
+                if pid == 0:
+                    try:
+                        draw()  # the child's own batch
+                        ids = in_child(fork)
+                        os.write(write, json.dumps({"child": [draw() for _ in range(5)],
+                                                    "grandchild": ids}).encode())
+                    finally:
+                        os._exit(0)
+                os.close(write)
+                os.waitpid(pid, 0)
+                with os.fdopen(read) as pipe:
+                    return json.loads(pipe.read())
+
+            libc_fork = ctypes.CDLL(None, use_errno=True).fork
+            draw()  # the parent's batch
+            report = {"os.fork": in_child(os.fork), "libc fork": in_child(libc_fork),
+                      "nested": grandchild(libc_fork), "parent": [draw() for _ in range(5)]}
+            print(json.dumps(report))
+        """)
+        done = subprocess.run([sys.executable, "-c", script, os.path.dirname(os.path.abspath(bs.__file__))],
+                              check=False, capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        report = json.loads(done.stdout)
+        parent = set(report["parent"])
+        for fork in ("os.fork", "libc fork"):
+            with self.subTest(fork=fork):
+                self.assertEqual(len(report[fork]), 5)
+                self.assertFalse(parent & set(report[fork]), "a child drew its parent's IDs")
+        child, grandchild = set(report["nested"]["child"]), set(report["nested"]["grandchild"])
+        self.assertEqual(len(grandchild), 5)
+        self.assertFalse(child & grandchild, "a grandchild drew its parent's IDs")
 
     def test_get_session_without_a_session_is_a_clear_error(self) -> None:
         with self.assertRaisesRegex(LookupError, "wrap the app in SessionMiddleware"):
