@@ -5637,6 +5637,9 @@ class TestDjango(DjangoTestCase):
         self.assertEqual((session["fromNode"], session.session_key), ("yes", key))
         self.assertIsNone(bs.SessionStore(key[:-3] + "xyz").session_key, "a bad signature is no key")
         self.assertIsNone(bs.SessionStore("nodesession").session_key, "an unsigned ID is no key")
+        gone = bs.SessionMiddleware(text_app(counter), secret=LONG_SECRET).cookie_value("nosuchsession")
+        self.assertEqual([session.exists(k) for k in (key, key[:-3] + "xyz", "nodesession", gone)],
+                         [True, False, False, False])
         # A key signed by an older secret still loads, and is signed again with the current one.
         from django.test.utils import override_settings
         with override_settings(BUNWAY_SESSION={"secret": ["a new secret of more than 32 bytes!", LONG_SECRET],
