@@ -945,12 +945,12 @@ class TestOptions(unittest.TestCase):
             import bunway_session as bs
             draw = bs._new_session_id
 
-            def in_child(fork):
+            def in_child(fork, work):
                 read, write = os.pipe()
                 pid = fork()
                 if pid == 0:
                     try:
-                        os.write(write, json.dumps([draw() for _ in range(5)]).encode())
+                        os.write(write, json.dumps(work()).encode())
                     finally:
                         os._exit(0)
                 os.close(write)
@@ -958,26 +958,17 @@ class TestOptions(unittest.TestCase):
                 with os.fdopen(read) as pipe:
                     return json.loads(pipe.read())
 
-            def grandchild(fork):
-                read, write = os.pipe()
-                pid = fork()
-                if pid == 0:
-                    try:
-                        draw()  # the child's own batch
-                        ids = in_child(fork)
-                        os.write(write, json.dumps({"child": [draw() for _ in range(5)],
-                                                    "grandchild": ids}).encode())
-                    finally:
-                        os._exit(0)
-                os.close(write)
-                os.waitpid(pid, 0)
-                with os.fdopen(read) as pipe:
-                    return json.loads(pipe.read())
+            def five():
+                return [draw() for _ in range(5)]
+
+            def child_and_grandchild():
+                draw()  # the child's own batch
+                return {"grandchild": in_child(libc_fork, five), "child": five()}
 
             libc_fork = ctypes.CDLL(None, use_errno=True).fork
             draw()  # the parent's batch
-            report = {"os.fork": in_child(os.fork), "libc fork": in_child(libc_fork),
-                      "nested": grandchild(libc_fork), "parent": [draw() for _ in range(5)]}
+            report = {"os.fork": in_child(os.fork, five), "libc fork": in_child(libc_fork, five),
+                      "nested": in_child(libc_fork, child_and_grandchild), "parent": five()}
             print(json.dumps(report))
         """)
         done = subprocess.run([sys.executable, "-c", script, os.path.dirname(os.path.abspath(bs.__file__))],
