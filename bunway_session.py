@@ -3189,8 +3189,8 @@ class _SessionConfig:
 # to (the lifecycle) before resuming them, and a step function leaves what it concludes
 # in its `result`. _drive makes the calls directly (WSGI, or a store that never blocks);
 # _adrive awaits them (ASGI). So both wrappers follow the same rules, written once.
-# (A plain for loop drives them: no send(), and no StopIteration carrying a value, which
-# cost about half a microsecond a request.)
+# (A plain for loop drives them: no send(), and no StopIteration carrying a value; that
+# made a request 0.1-0.3 µs faster.)
 
 if TYPE_CHECKING:
     StoreCall: TypeAlias = tuple[Any, ...]            # (method name, *arguments)
@@ -3427,8 +3427,8 @@ class _Lifecycle(_Replies):
 
     def commit(self, session: Session) -> Steps:
         """The end of the request, just before the headers go out: touch the cookie, then
-        save or store-touch the session, then the Set-Cookie header if one is due. Returns
-        the Set-Cookie values to add (its result)."""
+        save or store-touch the session, then the Set-Cookie header if one is due. Its
+        result: the Set-Cookie values to add."""
         self.result = []
         config = self.config
         if config.login_key is not None and not session._destroyed and self.is_login(session):
