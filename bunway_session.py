@@ -4487,6 +4487,7 @@ def _django_session_store() -> type:
 
         def _exists_steps(self, session_key: str) -> Steps:
             sid = self._bunway_sid(session_key)
+            self.result = False
             if sid is not None:
                 yield ("get", sid)
                 self.result = self.reply is not None
