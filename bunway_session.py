@@ -3031,17 +3031,16 @@ class _SessionIds:
 
     def draw(self) -> str:
         marker = self._marker
-        if marker is None:
-            return binascii.b2a_base64(os.urandom(24), newline=False).translate(_URL_SAFE).decode("ascii")
-        if marker[0]:
+        if marker is not None and marker[0]:
             try:
                 return self._ids.pop()
             except IndexError:  # (used up; another thread may have taken the last one)
                 pass
-        text = binascii.b2a_base64(os.urandom(24 * self.BATCH), newline=False).translate(_URL_SAFE).decode("ascii")
-        ids = [text[start:start + 32] for start in range(32, 32 * self.BATCH, 32)]
-        self._ids = ids
-        marker[0] = 1
+        count = 1 if marker is None else self.BATCH
+        text = binascii.b2a_base64(os.urandom(24 * count), newline=False).translate(_URL_SAFE).decode("ascii")
+        if marker is not None:  # this one, and a new batch
+            self._ids = [text[start:start + 32] for start in range(32, 32 * count, 32)]
+            marker[0] = 1
         return text[:32]
 
 
